@@ -30,6 +30,7 @@ class RequestView:
     headers: tuple[tuple[str, str], ...]
     dialled: ServiceRef | None  # the service the client dialled (GAMMA parent); None if a pod was dialled
     grpc: bool = False  # content-type application/grpc*
+    source_namespace: str | None = None  # client workload's namespace (GAMMA consumer routes); None = unknown
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The dev mesh: everything `waypoint dev` starts on localhost."""
