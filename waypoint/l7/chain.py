@@ -1,0 +1,293 @@
+"""Runs one request's events through the filters: request side in order, response side reversed.
+
+A :class:`Stream` is the per-request runner (Envoy's ``FilterManager``). It is pure dispatch:
+no I/O and no Task; the codec feeds it request events and the router feeds it response events,
+and the codec receives what survives through a :class:`DownstreamSink`.
+
+Stopping: when a filter returns ``STOP`` the event is parked at that filter, and every later event
+of the same direction waits at the entrance (in order) until ``resume()``; the held data also
+pauses the source (the downstream connection for requests, the upstream one for responses), so
+memory stays bounded by one read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from waypoint.l7.filter import CONTINUE, STOP, Filter, LocalReply, RequestContext, Result
+from waypoint.l7.flow import HELD, CorkedWriter, RelayPeer
+from waypoint.l7.message import HeaderList, ResponseHead, is_grpc
+
+_HEADERS, _DATA, _TRAILERS = 0, 1, 2
+_Event = tuple[int, Any, bool]
+
+
+class DownstreamSink(Protocol):
+    """What the chain needs from the downstream codec for one stream."""
+
+    def send_informational(self, head: ResponseHead) -> None: ...
+    def send_response_headers(self, head: ResponseHead, end_stream: bool) -> None: ...
+    def send_response_data(self, chunk: bytes, end_stream: bool) -> None: ...
+    def send_response_trailers(self, trailers: HeaderList) -> None: ...
+    def reset(self) -> None: ...
+    def pause_request_body(self, reason: int) -> None: ...
+    def resume_request_body(self, reason: int) -> None: ...
+    def flush_later(self, writer: CorkedWriter) -> None: ...
+    def start_relay(self, upstream: RelayPeer) -> RelayPeer: ...
+
+
+class FlowSource(Protocol):
+    """A byte source that can be paused (the upstream connection a response comes from)."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+# Envoy's HTTP→gRPC status mapping for local replies (source/common/grpc/status.cc, httpToGrpcStatus).
+_GRPC_FOR_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def render_local_reply(reply: LocalReply, grpc: bool) -> tuple[ResponseHead, bytes]:
+    """The head and body a local reply puts on the wire (Envoy ``sendLocalReply``): plain text, or
+    for gRPC requests a trailers-only response carrying ``grpc-status`` and ``grpc-message``."""
+    headers = list(reply.headers)
+    if grpc:
+        code = reply.grpc_status if reply.grpc_status is not None else _GRPC_FOR_HTTP.get(reply.status, 2)
+        headers += [
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", str(code).encode()),
+            (b"grpc-message", reply.body),
+        ]
+        return ResponseHead(200, headers), b""
+    if reply.body:
+        headers += [(b"content-type", b"text/plain"), (b"content-length", str(len(reply.body)).encode())]
+    else:
+        headers.append((b"content-length", b"0"))
+    return ResponseHead(reply.status, headers), reply.body
+
+
+class Stream:
+    """One request/response exchange through a filter list whose last member is the router."""
+
+    __slots__ = (
+        "_filters",
+        "_local",
+        "_req_queue",
+        "_req_stop",
+        "_resp_queue",
+        "_resp_stop",
+        "_resp_top",
+        "_sent_headers",
+        "ctx",
+        "done",
+        "response_flow",
+        "sink",
+    )
+
+    def __init__(self, filters: Sequence[Filter], ctx: RequestContext, sink: DownstreamSink) -> None:
+        self._filters = filters
+        self.ctx = ctx
+        self.sink = sink
+        ctx.stream = self
+        self._req_stop: tuple[int, _Event] | None = None
+        self._req_queue: deque[_Event] = deque()
+        self._resp_stop: tuple[int, _Event] | None = None
+        self._resp_queue: deque[_Event] = deque()
+        self._resp_top = len(filters) - 2  # response events enter just above the router
+        self._local = False  # a local reply replaced the response: ignore the router's events
+        self._sent_headers = False
+        self.response_flow: FlowSource | None = None
+        self.done = False
+
+    # ---- request side (from the codec) ----
+    def decode_headers(self, head: Any, end_stream: bool) -> None:
+        self._decode((_HEADERS, head, end_stream))
+
+    def decode_data(self, chunk: bytes, end_stream: bool) -> None:
+        self._decode((_DATA, chunk, end_stream))
+
+    def decode_trailers(self, trailers: HeaderList) -> None:
+        self._decode((_TRAILERS, trailers, True))
+
+    def _decode(self, ev: _Event) -> None:
+        if self._local or self.done:
+            return  # the request was answered locally: the rest of its body is dropped
+        if self._req_stop is not None or self._req_queue:
+            self._req_queue.append(ev)
+            self.sink.pause_request_body(HELD)
+            return
+        self._decode_from(0, ev)
+
+    def _decode_from(self, i: int, ev: _Event) -> None:
+        kind, payload, end = ev
+        filters = self._filters
+        ctx = self.ctx
+        r: Result
+        for j in range(i, len(filters)):
+            f = filters[j]
+            if kind == _DATA:
+                r = f.on_request_data(ctx, payload, end)
+            elif kind == _HEADERS:
+                r = f.on_request_headers(ctx, payload, end)
+            else:
+                r = f.on_request_trailers(ctx, payload)
+            if r is CONTINUE:
+                continue
+            if r is STOP:
+                self._req_stop = (j, ev)
+            else:
+                self._local_reply(r, j)  # type: ignore[arg-type]
+            return
+
+    # ---- response side (from the router) ----
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        if not self._local:
+            self.ctx.response = head
+            self._encode((_HEADERS, head, end_stream))
+
+    def encode_data(self, chunk: bytes, end_stream: bool) -> None:
+        if not self._local:
+            self._encode((_DATA, chunk, end_stream))
+
+    def encode_trailers(self, trailers: HeaderList) -> None:
+        if not self._local:
+            self._encode((_TRAILERS, trailers, True))
+
+    def encode_informational(self, head: ResponseHead) -> None:
+        """1xx (``100 Continue``) goes straight to the codec, as Envoy's ``encode1xxHeaders`` default."""
+        if not self._local and not self._sent_headers:
+            self.sink.send_informational(head)
+
+    def _encode(self, ev: _Event) -> None:
+        if self.done:
+            return
+        if self._resp_stop is not None or self._resp_queue:
+            self._resp_queue.append(ev)
+            if self.response_flow is not None:
+                self.response_flow.pause_reading()
+            return
+        self._encode_from(self._resp_top, ev)
+
+    def _encode_from(self, i: int, ev: _Event) -> None:
+        kind, payload, end = ev
+        filters = self._filters
+        ctx = self.ctx
+        r: Result
+        for j in range(i, -1, -1):
+            f = filters[j]
+            if kind == _DATA:
+                r = f.on_response_data(ctx, payload, end)
+            elif kind == _HEADERS:
+                r = f.on_response_headers(ctx, payload, end)
+            else:
+                r = f.on_response_trailers(ctx, payload)
+            if r is CONTINUE:
+                continue
+            if r is STOP:
+                self._resp_stop = (j, ev)
+            else:
+                self._local_reply(r, j)  # type: ignore[arg-type]
+            return
+        sink = self.sink
+        if kind == _DATA:
+            sink.send_response_data(payload, end)
+        elif kind == _HEADERS:
+            self._sent_headers = True
+            sink.send_response_headers(payload, end)
+        else:
+            sink.send_response_trailers(payload)
+
+    # ---- resuming and answering ----
+    def resume(self) -> None:
+        """Continue whichever direction is stopped, then drain what waited at its entrance."""
+        if self.done:
+            return
+        if self._req_stop is not None:
+            j, ev = self._req_stop
+            self._req_stop = None
+            self._decode_from(j + 1, ev)
+            while self._req_stop is None and self._req_queue and not self._local:
+                self._decode_from(0, self._req_queue.popleft())
+            if not self._req_queue:
+                self.sink.resume_request_body(HELD)
+        elif self._resp_stop is not None:
+            j, ev = self._resp_stop
+            self._resp_stop = None
+            self._encode_from(j - 1, ev)
+            while self._resp_stop is None and self._resp_queue and not self.done:
+                self._encode_from(self._resp_top, self._resp_queue.popleft())
+            if not self._resp_queue and self.response_flow is not None:
+                self.response_flow.resume_reading()
+
+    def reply_from_router(self, reply: LocalReply) -> None:
+        """The router answers (503 no healthy upstream, 504 timeout): through every response filter."""
+        self._local_reply(reply, len(self._filters) - 1)
+
+    def local_reply_from_resumer(self, reply: LocalReply) -> None:
+        """A filter that stopped answers instead of resuming (ext_authz deny)."""
+        if self._req_stop is not None:
+            index = self._req_stop[0]
+        elif self._resp_stop is not None:
+            index = self._resp_stop[0]
+        else:
+            index = len(self._filters) - 1
+        self._local_reply(reply, index)
+
+    def _local_reply(self, reply: LocalReply, index: int) -> None:
+        """Answer through the response filters of the filters before ``index`` (those that saw the request)."""
+        if self.done:
+            return
+        if self._sent_headers:
+            self.reset()  # too late to change the status: Envoy resets the stream
+            return
+        self._local = True
+        self._req_stop = None
+        self._req_queue.clear()
+        self._resp_stop = None
+        self._resp_queue.clear()
+        self.sink.resume_request_body(HELD)
+        head, body = render_local_reply(reply, is_grpc(self.ctx.request.headers))
+        self.ctx.response = head
+        self._resp_top = index - 1
+        self._encode_from(index - 1, (_HEADERS, head, not body))
+        if body:
+            ev = (_DATA, body, True)
+            if self._resp_stop is not None:
+                self._resp_queue.append(ev)
+            else:
+                self._encode_from(index - 1, ev)
+
+    @property
+    def response_started(self) -> bool:
+        return self._sent_headers
+
+    # ---- end of life (called by the codec) ----
+    def complete(self) -> None:
+        """Both directions finished (or the stream was reset): tell every filter once."""
+        if self.done:
+            return
+        self.done = True
+        ctx = self.ctx
+        for f in self._filters:
+            f.on_stream_complete(ctx)
+
+    def reset(self) -> None:
+        """Abort: the codec drops the stream (HTTP/1.1: closes the connection)."""
+        if self.done:
+            return
+        self.sink.reset()
+        self.complete()
+
+
+class FilterChain:
+    """A configured filter list, router last. ``new_stream`` is the per-request entry."""
+
+    __slots__ = ("filters",)
+
+    def __init__(self, filters: Sequence[Filter], router: Filter) -> None:
+        self.filters: tuple[Filter, ...] = (*filters, router)
+
+    def new_stream(self, ctx: RequestContext, sink: DownstreamSink) -> Stream:
+        return Stream(self.filters, ctx, sink)

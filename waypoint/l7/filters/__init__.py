@@ -1,0 +1,1 @@
+"""Built-in HTTP filters (the router lives in ``waypoint.l7.router``)."""

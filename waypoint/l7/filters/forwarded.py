@@ -1,0 +1,26 @@
+"""``x-forwarded-for`` and ``x-forwarded-proto`` as Envoy's connection manager sets them with
+``use_remote_address`` (``source/common/http/conn_manager_utility.cc`` ``mutateRequestHeaders``):
+the downstream address is appended to the list, and the protocol is the downstream scheme."""
+
+from __future__ import annotations
+
+from waypoint.l7.filter import CONTINUE, Filter, RequestContext, Result
+from waypoint.l7.message import RequestHead, set_header
+
+
+class Forwarded(Filter):
+    name = "forwarded"
+
+    def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
+        headers = head.headers
+        peer = ctx.info.peer_address
+        if peer is not None:
+            ip = peer[0].encode()
+            for i, (n, v) in enumerate(headers):
+                if n == b"x-forwarded-for":
+                    headers[i] = (n, v + b"," + ip)
+                    break
+            else:
+                headers.append((b"x-forwarded-for", ip))
+        set_header(headers, b"x-forwarded-proto", ctx.info.scheme.encode())
+        return CONTINUE
