@@ -1,0 +1,76 @@
+"""Running a role as a process: uvloop, SIGTERM/SIGINT to stop cleanly, config watching."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import uvloop
+
+from waypoint.identity.ca import DevCA
+from waypoint.identity.certs import CertificateProvider, DevCertificateProvider, FileCertificateSource
+from waypoint.l7.routing.parse import validate_grpcroute, validate_httproute, validate_reference_grant
+from waypoint.mesh.folder import FolderSource
+from waypoint.mesh.kube import KindRegistry, default_registry
+
+log = logging.getLogger(__name__)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run ``main(stop_event)`` on uvloop; SIGTERM and SIGINT set the event (a second one kills)."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, stop, loop, sig)
+        return await main(stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return uvloop.run(runner())
+    return 130
+
+
+def _on_signal(stop: asyncio.Event, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("second %s: exiting now", sig.name)
+        raise SystemExit(1)
+    log.info("%s: shutting down", sig.name)
+    stop.set()
+
+
+def config_registry() -> KindRegistry:
+    """The kinds every role loads, L7 ones included (a bad route is rejected at load, naming its field)."""
+    registry = default_registry()
+    registry.register_kind("HTTPRoute", validate_httproute)
+    registry.register_kind("GRPCRoute", validate_grpcroute)
+    registry.register_kind("ReferenceGrant", validate_reference_grant)
+    return registry
+
+
+def folder_source(path: str) -> FolderSource:
+    return FolderSource(Path(path), registry=config_registry())
+
+
+def certificate_provider(ca_dir: str | None, cert_dir: str | None, trust_domain: str) -> CertificateProvider:
+    """Certificates from Istio's mounted files (``--cert-dir``) or minted by a dev CA (``--ca-dir``)."""
+    if cert_dir:
+        return FileCertificateSource(Path(cert_dir))
+    if ca_dir and DevCA.exists(Path(ca_dir)):
+        return DevCertificateProvider(DevCA.load(Path(ca_dir)))
+    ca = DevCA.create(trust_domain)
+    if ca_dir:
+        ca.save(Path(ca_dir))
+        log.info("created a dev CA in %s", ca_dir)
+    return DevCertificateProvider(ca)
+
+
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    return host.strip("[]"), int(port)

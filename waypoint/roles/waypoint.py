@@ -1,0 +1,267 @@
+"""The waypoint role: terminate HBONE, run each tunnel's inner HTTP through the filter chain (or
+relay it as TCP), and re-originate HBONE to the chosen endpoint.
+
+Shape of Istio's Envoy waypoint (facts §2.4): ``connect_terminate`` on 15008 (any client of the
+trust domain; its identity goes to the filters), ``main_internal`` keyed on the ``:authority``
+(a service VIP:port, or a pod IP:port for workload-addressed traffic), then ``connect_originate``
+to ``<pod IP>:15008`` with ``:authority <pod IP>:<target port>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from waypoint.hbone.headers import parse_forwarded_for
+from waypoint.hbone.pool import HbonePool
+from waypoint.hbone.server import HboneServer, TunnelRequest
+from waypoint.identity import tls
+from waypoint.identity.certs import CertificateProvider
+from waypoint.identity.spiffe import Identity
+from waypoint.l4.relay import Relay
+from waypoint.l7.chain import FilterChain
+from waypoint.l7.endpoints import RoundRobinPicker
+from waypoint.l7.filter import DownstreamInfo, Filter
+from waypoint.l7.filters.forwarded import Forwarded
+from waypoint.l7.filters.request_id import RequestId
+from waypoint.l7.h1_server import Http1ServerProtocol
+from waypoint.l7.loader import load_filters
+from waypoint.l7.pool import UpstreamPool
+from waypoint.l7.router import Router
+from waypoint.l7.routing.decision import ServiceRef
+from waypoint.l7.routing.table import BoundResolver
+from waypoint.l7.upstream import UpstreamTarget
+from waypoint.mesh.model import Waypoint
+from waypoint.mesh.state import MeshState
+from waypoint.roles.hbone_connector import HboneConnector
+from waypoint.roles.inner import SniffingProtocol
+from waypoint.roles.waypoint_config import HTTP_PROTOCOLS, WaypointConfig
+
+log = logging.getLogger(__name__)
+
+HBONE_PORT = 15008
+FILTERS_ANNOTATION = "waypoint.io/filters"
+"""Gateway annotation: a JSON/YAML list of ``{name, config}`` filters run before the router."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointSettings:
+    namespace: str
+    name: str
+    address: str  # where 15008 listens (the waypoint's pod/dev address)
+    port: int = HBONE_PORT
+    trust_domain: str = "cluster.local"
+    sniff_timeout_s: float = 0.5
+    keepalive_s: float = 10.0
+    ping_timeout_s: float = 20.0
+
+
+class _CurrentConfig:
+    """Indirection so long-lived filters see the newest snapshot on their next request."""
+
+    def __init__(self, config: WaypointConfig, rng: random.Random) -> None:
+        self.config = config
+        self.resolver = BoundResolver(config.routes, rng)
+        self._rng = rng
+
+    def swap(self, config: WaypointConfig) -> None:
+        self.config = config
+        self.resolver = BoundResolver(config.routes, self._rng)
+
+    def resolve(self, view: Any) -> Any:
+        return self.resolver.resolve(view)
+
+    def endpoints(self, ref: ServiceRef) -> Sequence[UpstreamTarget]:
+        return self.config.endpoints(ref)
+
+
+class WaypointRole:
+    """One waypoint (a Gateway of class ``istio-waypoint``), serving HBONE on its address."""
+
+    def __init__(
+        self,
+        settings: WaypointSettings,
+        state: MeshState,
+        certificates: CertificateProvider,
+        *,
+        identity: Identity | None = None,
+        extra_filters: Sequence[Filter] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.identity = identity or self._identity_from(state, settings)
+        self._certs = certificates
+        self._current = _CurrentConfig(WaypointConfig.build(state), rng or random.Random())
+        cert = certificates.certificate_for(self.identity)
+        self._server_ctx = tls.server_context(cert)
+        self._client_ctx = tls.client_context(cert)
+        self.pool = HbonePool(
+            lambda _identity: self._client_ctx,
+            tls.verify_server,
+            keepalive_s=settings.keepalive_s,
+            ping_timeout_s=settings.ping_timeout_s,
+        )
+        self.connector = HboneConnector(self.pool, self.identity)
+        self.upstreams = UpstreamPool(self.connector)
+        self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
+        filters = [RequestId(), Forwarded(), *self._configured_filters(state), *extra_filters]
+        self.chain = FilterChain(filters, self.router)
+        self.server = HboneServer(
+            lambda _ip: self._server_ctx,
+            lambda ssl_object: tls.verify_client(ssl_object, settings.trust_domain),
+            self._on_tunnel,
+            self._on_refused,
+            keepalive_s=settings.keepalive_s,
+            ping_timeout_s=settings.ping_timeout_s,
+        )
+        self._tcp_picks: dict[ServiceRef, int] = {}
+        self.refusals: dict[str, int] = {}
+
+    @staticmethod
+    def _identity_from(state: MeshState, settings: WaypointSettings) -> Identity:
+        wp = state.waypoint(settings.namespace, settings.name)
+        sa = wp.service_account if wp is not None else settings.name
+        return Identity(settings.trust_domain, settings.namespace, sa)
+
+    def _configured_filters(self, state: MeshState) -> list[Filter]:
+        import yaml
+
+        for obj in state.snapshot.objects("Gateway"):
+            if (obj.namespace, obj.name) == (self.settings.namespace, self.settings.name):
+                text = obj.annotations.get(FILTERS_ANNOTATION)
+                if text:
+                    specs = yaml.safe_load(text)
+                    return load_filters(specs if isinstance(specs, list) else [])
+        return []
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        await self.server.listen(self.settings.address, self.settings.port)
+        log.info(
+            "waypoint %s/%s serving HBONE on %s:%d as %s",
+            self.settings.namespace, self.settings.name, self.settings.address, self.settings.port, self.identity,
+        )
+
+    def update(self, state: MeshState) -> None:
+        """A new snapshot: new routes and endpoints apply from the next request on."""
+        self._current.swap(WaypointConfig.build(state))
+
+    def rotate(self) -> None:
+        """New certificate for new handshakes; live connections keep theirs."""
+        cert = self._certs.certificate_for(self.identity)
+        tls.update_context(self._server_ctx, cert)
+        tls.update_context(self._client_ctx, cert)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.server.close(grace_s)
+        self.upstreams.close()
+        await self.pool.close()
+
+    # ---- tunnels ----
+    def _on_refused(self, reason: str, detail: str, peer: tuple[str, int]) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    async def _on_tunnel(self, request: TunnelRequest) -> None:
+        target = request.parsed
+        if target is None or not target.is_ip:
+            request.reject(400)
+            return
+        config = self._current.config
+        state = config.state
+        service = state.service_by_vip(target.host)
+        dialled = ServiceRef(service.namespace, service.name, target.port) if service is not None else None
+        protocol = config.protocol_of(service, target.port) if service is not None else ""
+        info = DownstreamInfo(
+            peer_address=self._client_address(request),
+            peer_identity=str(request.peer_identity) if request.peer_identity else None,
+            dialled=dialled,
+            destination=(target.host, target.port),
+        )
+        if protocol in HTTP_PROTOCOLS:
+            request.accept(lambda: Http1ServerProtocol(self.chain, info))  # TODO(h2): prior-knowledge h2 codec
+        elif protocol == "":
+            request.accept(lambda: SniffingProtocol(self._inner_choice(info, request), self.settings.sniff_timeout_s))
+        else:
+            await self._relay_tcp(request, info)
+
+    @staticmethod
+    def _client_address(request: TunnelRequest) -> tuple[str, int]:
+        for name, value in request.headers:
+            if name == "forwarded":
+                found = parse_forwarded_for(value)
+                if found is not None:
+                    return (found[0], found[1] or 0)
+        return request.peer_address
+
+    def _inner_choice(self, info: DownstreamInfo, request: TunnelRequest) -> Callable[[str], asyncio.Protocol]:
+        def choose(protocol: str) -> asyncio.Protocol:
+            if protocol == "http/1.1":
+                return Http1ServerProtocol(self.chain, info)
+            relay = Relay()
+            asyncio.get_running_loop().create_task(self._connect_relay(relay, info))
+            return relay.downstream
+
+        return choose
+
+    def _tcp_target(self, info: DownstreamInfo) -> UpstreamTarget | None:
+        """Opaque TCP goes to an endpoint of the dialled service (round robin), or to the pod dialled."""
+        config = self._current.config
+        if info.dialled is not None:
+            endpoints = config.endpoints(info.dialled)
+            if not endpoints:
+                return None
+            i = self._tcp_picks.get(info.dialled, 0)
+            self._tcp_picks[info.dialled] = i + 1
+            return endpoints[i % len(endpoints)]
+        assert info.destination is not None
+        ip, port = info.destination
+        workload = config.state.workload_by_ip(ip)
+        if workload is None:
+            return None
+        identity = str(config.state.identity_of(workload)) if config.state.is_ambient(workload) else None
+        return UpstreamTarget(ip, port, None, identity=identity)
+
+    async def _relay_tcp(self, request: TunnelRequest, info: DownstreamInfo) -> None:
+        """TCP: dial first, answer 200 only once the upstream is up (server-first protocols work)."""
+        target = self._tcp_target(info)
+        if target is None:
+            request.reject(503)
+            return
+        relay = Relay()
+        try:
+            await self.connector.connect(target, lambda: relay.upstream)
+        except (OSError, TimeoutError) as exc:
+            log.info("waypoint TCP upstream %s:%d failed: %s", target.address, target.port, exc)
+            request.reject(503)
+            return
+        request.accept(lambda: relay.downstream)
+
+    async def _connect_relay(self, relay: Relay, info: DownstreamInfo) -> None:
+        target = self._tcp_target(info)
+        if target is None:
+            relay.fail(ConnectionRefusedError("no healthy upstream"))
+            return
+        try:
+            await self.connector.connect(target, lambda: relay.upstream)
+        except (OSError, TimeoutError) as exc:
+            relay.fail(exc)
+
+    def config_dump(self) -> Mapping[str, Any]:
+        return {
+            "waypoint": f"{self.settings.namespace}/{self.settings.name}",
+            "address": f"{self.settings.address}:{self.settings.port}",
+            "identity": str(self.identity),
+            "hbone_connections_opened": self.pool.connections_opened,
+            "refusals": dict(self.refusals),
+        }
+
+
+def waypoint_address(state: MeshState, wp: Waypoint) -> str | None:
+    addresses = state.waypoint_addresses(wp)
+    return addresses[0] if addresses else None
+
+

@@ -1,0 +1,91 @@
+"""What a waypoint derives from one mesh snapshot: route tables and endpoint targets.
+
+Pure: built once per snapshot (the model is swapped whole, so is this), read per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from waypoint.errors import ManifestError
+from waypoint.l7.routing.decision import ServiceRef
+from waypoint.l7.routing.model import GRPCRoute, HTTPRoute, ReferenceGrant
+from waypoint.l7.routing.parse import parse_grpcroute, parse_httproute, parse_reference_grant
+from waypoint.l7.routing.table import RouteTables
+from waypoint.l7.upstream import UpstreamProtocol, UpstreamTarget
+from waypoint.mesh.model import KubeObject, Service
+from waypoint.mesh.state import MeshState, port_protocol
+
+log = logging.getLogger(__name__)
+
+# Istio protocols (``port_protocol``) that we speak as HTTP/2 with prior knowledge upstream.
+H2C_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-Web"})
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-Web"})
+
+
+def _parsed(objects: Iterable[KubeObject], parse: object) -> list[object]:
+    out = []
+    for obj in objects:
+        try:
+            out.append(parse(obj.body))  # type: ignore[operator]
+        except ManifestError as exc:  # validated at load time; a defect here must not stop the rest
+            log.error("ignored %s %s/%s: %s", obj.kind, obj.namespace, obj.name, exc)
+    return out
+
+
+def service_index(state: MeshState) -> dict[tuple[str, str], dict[int, str]]:
+    """``{(ns, name): {port: port name}}``, the shape the route tables take."""
+    index: dict[tuple[str, str], dict[int, str]] = {}
+    for obj in state.snapshot.objects("Service"):
+        svc = state.service(obj.namespace, obj.name)
+        if svc is not None:
+            index[(svc.namespace, svc.name)] = {p.port: p.name for p in svc.ports}
+    return index
+
+
+@dataclass
+class WaypointConfig:
+    """Route tables and endpoint targets for one snapshot."""
+
+    state: MeshState
+    routes: RouteTables
+    _targets: dict[ServiceRef, tuple[UpstreamTarget, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, state: MeshState) -> WaypointConfig:
+        snap = state.snapshot
+        http: list[HTTPRoute] = _parsed(snap.objects("HTTPRoute"), parse_httproute)  # type: ignore[assignment]
+        grpc: list[GRPCRoute] = _parsed(snap.objects("GRPCRoute"), parse_grpcroute)  # type: ignore[assignment]
+        grants: list[ReferenceGrant] = _parsed(
+            snap.objects("ReferenceGrant"), parse_reference_grant
+        )  # type: ignore[assignment]
+        tables = RouteTables.build([*http, *grpc], service_index(state), grants)
+        return cls(state, tables)
+
+    def service(self, ref: ServiceRef) -> Service | None:
+        return self.state.service(ref.namespace, ref.name)
+
+    def protocol_of(self, svc: Service, port: int) -> str:
+        sp = svc.port(port)
+        return port_protocol(sp) if sp is not None else ""
+
+    def endpoints(self, ref: ServiceRef) -> tuple[UpstreamTarget, ...]:
+        """Ready endpoints of a service port as upstream targets (memoised for this snapshot)."""
+        found = self._targets.get(ref)
+        if found is None:
+            found = self._compute_targets(ref)
+            self._targets[ref] = found
+        return found
+
+    def _compute_targets(self, ref: ServiceRef) -> tuple[UpstreamTarget, ...]:
+        svc = self.service(ref)
+        if svc is None:
+            return ()
+        proto = UpstreamProtocol.HTTP2 if self.protocol_of(svc, ref.port) in H2C_PROTOCOLS else UpstreamProtocol.HTTP1
+        targets = []
+        for ep in self.state.endpoints(svc, ref.port):
+            identity = str(self.state.identity_of(ep.workload)) if self.state.is_ambient(ep.workload) else None
+            targets.append(UpstreamTarget(ep.ip, ep.port, ref, proto, identity))
+        return tuple(targets)
