@@ -166,6 +166,15 @@ def _new_h2(client_side: bool, s: H2Settings) -> H2Connection:
     return conn
 
 
+def forget_content_length(conn: H2Connection, stream_id: int) -> None:
+    """Stop h2 checking the body against ``content-length``: it never sees our DATA payloads (only
+    the empty END_STREAM frame), so it would count 0 and raise a *connection* error. Reaches into
+    ``H2Stream._expected_content_length`` (h2 4.4.1; contract test in ``tests/l7h2/test_session.py``)."""
+    stream = conn.streams.get(stream_id)
+    if stream is not None:
+        stream._expected_content_length = None
+
+
 class H2Session:
     """One HTTP/2 connection carrying requests, either side. No I/O, no clock."""
 
@@ -272,6 +281,7 @@ class H2Session:
                 return
             if not ended:
                 self._recv[sid] = _Inbound(self.settings.stream_window)
+                forget_content_length(self._h2, sid)
             events.append(HeadersReceived(sid, list(ev.headers or ()), ended))  # type: ignore[arg-type]
         elif isinstance(ev, h2e.WindowUpdated):
             events.append(WindowOpened(ev.stream_id or 0))

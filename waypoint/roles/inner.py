@@ -11,28 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
-_MAX_METHOD = max(len(m) for m in _METHODS)
-
-
-def detect_protocol(first: bytes) -> str | None:
-    """``"h2"``, ``"http/1.1"`` or ``"tcp"`` from a connection's first bytes; None = need more."""
-    if H2_PREFACE.startswith(first[: len(H2_PREFACE)]):
-        return "h2" if len(first) >= len(H2_PREFACE) else None
-    for method in _METHODS:
-        if first.startswith(method):
-            return "http/1.1"
-        if method.startswith(first):
-            return None
-    return "tcp" if first or len(first) >= _MAX_METHOD else None
+from waypoint.l7.sniff import detect_protocol
 
 
 class SniffingProtocol(asyncio.Protocol):
     """Holds the first bytes, then hands the transport to the protocol they call for."""
 
     def __init__(
-        self, choose: Callable[[str], asyncio.Protocol], sniff_timeout_s: float = 0.5
+        self, choose: Callable[[str], asyncio.Protocol], sniff_timeout_s: float | None = 0.5
     ) -> None:
         self._choose = choose
         self._timeout = sniff_timeout_s
@@ -44,7 +30,8 @@ class SniffingProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._hand_over, "tcp")
+        if self._timeout is not None:  # None: the port is declared HTTP, wait for the client
+            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._hand_over, "tcp")
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

@@ -29,8 +29,9 @@ from waypoint.l7.filter import DownstreamInfo, Filter
 from waypoint.l7.filters.forwarded import Forwarded
 from waypoint.l7.filters.request_id import RequestId
 from waypoint.l7.h1_server import Http1ServerProtocol
+from waypoint.l7.h2_pool import ProtocolPool
+from waypoint.l7.h2_server import Http2ServerProtocol
 from waypoint.l7.loader import load_filters
-from waypoint.l7.pool import UpstreamPool
 from waypoint.l7.router import Router
 from waypoint.l7.routing.decision import ServiceRef
 from waypoint.l7.routing.table import BoundResolver
@@ -106,7 +107,7 @@ class WaypointRole:
             ping_timeout_s=settings.ping_timeout_s,
         )
         self.connector = HboneConnector(self.pool, self.identity)
-        self.upstreams = UpstreamPool(self.connector)
+        self.upstreams = ProtocolPool(self.connector)
         self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
         filters = [RequestId(), Forwarded(), *self._configured_filters(state), *extra_filters]
         self.chain = FilterChain(filters, self.router)
@@ -181,10 +182,10 @@ class WaypointRole:
             dialled=dialled,
             destination=(target.host, target.port),
         )
-        if protocol in HTTP_PROTOCOLS:
-            request.accept(lambda: Http1ServerProtocol(self.chain, info))  # TODO(h2): prior-knowledge h2 codec
+        if protocol in HTTP_PROTOCOLS:  # HTTP/1.1 or h2c prior knowledge, as Envoy's codec AUTO
+            request.accept(lambda: SniffingProtocol(self._inner_choice(info, http=True), None))
         elif protocol == "":
-            request.accept(lambda: SniffingProtocol(self._inner_choice(info, request), self.settings.sniff_timeout_s))
+            request.accept(lambda: SniffingProtocol(self._inner_choice(info), self.settings.sniff_timeout_s))
         else:
             await self._relay_tcp(request, info)
 
@@ -197,9 +198,13 @@ class WaypointRole:
                     return (found[0], found[1] or 0)
         return request.peer_address
 
-    def _inner_choice(self, info: DownstreamInfo, request: TunnelRequest) -> Callable[[str], asyncio.Protocol]:
+    def _inner_choice(self, info: DownstreamInfo, *, http: bool = False) -> Callable[[str], asyncio.Protocol]:
+        """The protocol for a tunnel once its first bytes are known; a port declared HTTP stays HTTP."""
+
         def choose(protocol: str) -> asyncio.Protocol:
-            if protocol == "http/1.1":
+            if protocol == "h2":
+                return Http2ServerProtocol(self.chain, info)
+            if protocol == "http/1.1" or http:
                 return Http1ServerProtocol(self.chain, info)
             relay = Relay()
             asyncio.get_running_loop().create_task(self._connect_relay(relay, info))
