@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import ours
 from bench.common import (
     GB,
     CpuMeter,
@@ -67,7 +68,8 @@ class L7Setup:
 # IP on 15008; wait until it accepts; return Running(pids={"waypoint": pid}, stop=...).
 # ----------------------------------------------------------------------------------------------
 def start_ours(setup: L7Setup) -> Running:
-    raise NotAvailable("our waypoint role is not wired in yet (bench/l7.py start_ours)")
+    proc = ours.start_waypoint(setup.workdir, setup.waypoint_ip, setup.waypoint_certs.directory, setup.destination)
+    return Running({"waypoint": proc.pid}, lambda: ours.stop(proc))
 
 
 def start_envoy(setup: L7Setup) -> Running:
