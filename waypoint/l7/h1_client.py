@@ -15,7 +15,7 @@ from typing import Protocol
 import httptools
 
 from waypoint.l7.flow import CorkedWriter, RelayPeer
-from waypoint.l7.message import HOP_BY_HOP, HeaderList, RequestHead, ResponseHead
+from waypoint.l7.message import HOP_BY_HOP, HeaderList, RequestHead, ResponseHead, header_lines
 
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -37,14 +37,14 @@ class ResponseHandler(Protocol):
 
 
 def encode_request_head(head: RequestHead, chunked: bool) -> bytes:
-    lines = [b"%s %s HTTP/1.1\r\nhost: %s" % (head.method.encode(), head.path.encode(), head.authority.encode())]
-    lines += [n + b": " + v for n, v in head.headers]
+    start = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (head.method.encode(), head.path.encode(), head.authority.encode())
     if head.upgrade is not None:
-        lines += [b"connection: upgrade", b"upgrade: " + head.upgrade.encode()]
+        framing = b"connection: upgrade\r\nupgrade: " + head.upgrade.encode() + b"\r\n\r\n"
     elif chunked:
-        lines.append(b"transfer-encoding: chunked")
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
+        framing = b"transfer-encoding: chunked\r\n\r\n"
+    else:
+        framing = b"\r\n"
+    return start + header_lines(head.headers) + framing
 
 
 class Http1Connection(asyncio.Protocol):
@@ -161,8 +161,7 @@ class Http1Connection(asyncio.Protocol):
     def send_request_trailers(self, trailers: HeaderList) -> None:
         assert self.writer is not None
         if self._chunked:
-            lines = [b"0"] + [n + b": " + v for n, v in trailers] + [b"\r\n"]
-            self.writer.write(b"\r\n".join(lines))
+            self.writer.write(b"0\r\n" + header_lines(trailers) + b"\r\n")
         self._request_done = True
 
     @property

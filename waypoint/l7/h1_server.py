@@ -23,7 +23,7 @@ import httptools
 from waypoint.l7.chain import FilterChain, Stream
 from waypoint.l7.filter import DownstreamInfo, RequestContext
 from waypoint.l7.flow import PEER_FULL, PIPELINE, CorkedWriter, ReadPauser, RelayPeer
-from waypoint.l7.message import HOP_BY_HOP, HeaderList, RequestHead, ResponseHead
+from waypoint.l7.message import HOP_BY_HOP, HeaderList, RequestHead, ResponseHead, header_lines
 
 _HEADERS, _DATA, _TRAILERS = 0, 1, 2
 _STATUS_LINE = {s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus}
@@ -85,32 +85,31 @@ class _Exchange:
 
     # ---- DownstreamSink ----
     def send_informational(self, head: ResponseHead) -> None:
-        lines = [_status_line(head.status)] + [n + b": " + v for n, v in head.headers] + [b"\r\n"]
-        self.writer.write(b"\r\n".join(lines))
+        self.writer.write(_status_line(head.status) + b"\r\n" + header_lines(head.headers) + b"\r\n")
 
     def send_response_headers(self, head: ResponseHead, end_stream: bool) -> None:
         status = head.status
-        lines = [_status_line(status)]
-        lines += [n + b": " + v for n, v in head.headers]
+        headers = head.headers
+        framing: list[bytes] = []
         if status == 101:
-            lines += [b"connection: upgrade", b"upgrade: " + (self.upgrade or "").encode()]
+            framing += [b"connection: upgrade", b"upgrade: " + (self.upgrade or "").encode()]
         else:
-            has_length = any(n == b"content-length" for n, _ in head.headers)
+            has_length = any(n == b"content-length" for n, _ in headers)
             if end_stream:
                 if not has_length and status not in _NO_BODY_STATUS and not self.head_request:
-                    lines.append(b"content-length: 0")
+                    framing.append(b"content-length: 0")
             elif not has_length:
                 if self.server.http10:
                     self.close = True  # HTTP/1.0 client: the body ends when we close
                 else:
                     self.chunked = True
-                    lines.append(b"transfer-encoding: chunked")
+                    framing.append(b"transfer-encoding: chunked")
             if self.close:
-                lines.append(b"connection: close")
+                framing.append(b"connection: close")
             elif self.server.http10:
-                lines.append(b"connection: keep-alive")
-        lines.append(b"\r\n")
-        self.writer.write(b"\r\n".join(lines))
+                framing.append(b"connection: keep-alive")
+        framing.append(b"\r\n")
+        self.writer.write(_status_line(status) + b"\r\n" + header_lines(headers) + b"\r\n".join(framing))
         if end_stream:
             self._response_end()
 
@@ -127,7 +126,7 @@ class _Exchange:
 
     def send_response_trailers(self, trailers: HeaderList) -> None:
         if self.chunked:
-            self.writer.write(b"\r\n".join([b"0"] + [n + b": " + v for n, v in trailers] + [b"\r\n"]))
+            self.writer.write(b"0\r\n" + header_lines(trailers) + b"\r\n")
         self._response_end()
 
     def reset(self) -> None:

@@ -25,6 +25,8 @@ from h2.settings import SettingCodes, Settings
 
 from waypoint.hbone import fastpath as fp
 from waypoint.hbone import h2compat
+from waypoint.l7 import h2_fast
+from waypoint.l7.hpack_encode import StaticEncoder
 
 h2compat.quiet_frame_repr()
 
@@ -152,6 +154,7 @@ def _new_h2(client_side: bool, s: H2Settings) -> H2Connection:
         normalize_outbound_headers=False,
     )
     conn = H2Connection(config=config)
+    conn.encoder = StaticEncoder()  # type: ignore[assignment]
     conn.local_settings = Settings(
         client=client_side,
         initial_values={
@@ -362,7 +365,7 @@ class H2Session:
     def send_headers(self, stream_id: int, headers: RawHeaders, end_stream: bool) -> None:
         """A response head, an informational head, or trailers (``end_stream`` True)."""
         self._pull()
-        self._h2.send_headers(stream_id, headers, end_stream=end_stream)
+        self._out.append(h2_fast.send_headers(self._h2, stream_id, headers, end_stream))
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
         """Frame as much of ``data`` as the peer's windows allow; return how much. The caller keeps
@@ -390,7 +393,7 @@ class H2Session:
     def end_stream(self, stream_id: int) -> None:
         """END_STREAM on our side (an empty DATA frame, through h2 so its state machine knows)."""
         self._pull()
-        self._h2.end_stream(stream_id)
+        self._out.append(h2_fast.end_stream(self._h2, stream_id))
 
     def send_window(self, stream_id: int) -> int:
         return h2compat.send_window(self._h2, stream_id)

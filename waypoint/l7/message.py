@@ -60,6 +60,13 @@ class ResponseHead:
         return f"ResponseHead({self.status})"
 
 
+def header_lines(headers: HeaderList) -> bytes:
+    """``name: value`` lines for HTTP/1.1, each ending in CRLF (joined in C: no per-header Python)."""
+    if not headers:
+        return b""
+    return b"\r\n".join(map(b": ".join, headers)) + b"\r\n"
+
+
 def get_header(headers: HeaderList, name: bytes) -> bytes | None:
     """First value of ``name`` (lower case), or None."""
     for n, v in headers:
@@ -74,22 +81,53 @@ def remove_header(headers: HeaderList, name: bytes) -> None:
 
 def set_header(headers: HeaderList, name: bytes, value: bytes) -> None:
     """Replace every ``name`` with one ``value`` (kept at the first occurrence's place)."""
-    for i, (n, _) in enumerate(headers):
-        if n == name:
+    for i, h in enumerate(headers):
+        if h[0] == name:
             headers[i] = (name, value)
-            headers[i + 1 :] = [h for h in headers[i + 1 :] if h[0] != name]
+            rest = headers[i + 1 :]
+            if any(n == name for n, _ in rest):  # rare: a repeated header; common case copies nothing
+                headers[i + 1 :] = [h for h in rest if h[0] != name]
             return
     headers.append((name, value))
 
 
+class _Compiled:
+    """A mutation with its names lower-cased and everything encoded once, not per request."""
+
+    __slots__ = ("add", "mutation", "remove", "set")
+
+    def __init__(self, mutation: HeaderMutation) -> None:
+        self.mutation = mutation  # kept alive: its id() is the cache key
+        self.set = tuple((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in mutation.set)
+        self.add = tuple((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in mutation.add)
+        self.remove = tuple(n.lower().encode("latin-1") for n in mutation.remove)
+
+
+_COMPILED: dict[int, _Compiled] = {}
+_COMPILED_LIMIT = 4096  # mutations live in route tables; a new snapshot brings new ones
+
+
+def _compiled(mutation: HeaderMutation) -> _Compiled:
+    found = _COMPILED.get(id(mutation))
+    if found is None or found.mutation is not mutation:
+        if len(_COMPILED) >= _COMPILED_LIMIT:
+            _COMPILED.clear()
+        found = _COMPILED[id(mutation)] = _Compiled(mutation)
+    return found
+
+
 def apply_mutation(headers: HeaderList, mutation: HeaderMutation) -> None:
-    """Gateway API HTTPHeaderFilter order: set, then add, then remove (names are case-insensitive)."""
-    for name, value in mutation.set:
-        set_header(headers, name.lower().encode("latin-1"), value.encode("latin-1"))
-    for name, value in mutation.add:
-        headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-    for name in mutation.remove:
-        remove_header(headers, name.lower().encode("latin-1"))
+    """Gateway API HTTPHeaderFilter order: set, then add, then remove (names are case-insensitive).
+
+    The encoded form is memoised by identity (a pure cache of immutable values): encoding names and
+    values on every request was measurable on the hot path."""
+    c = _compiled(mutation)
+    for name, value in c.set:
+        set_header(headers, name, value)
+    if c.add:
+        headers.extend(c.add)
+    for name in c.remove:
+        remove_header(headers, name)
 
 
 def is_grpc(headers: HeaderList) -> bool:

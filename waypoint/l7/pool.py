@@ -21,7 +21,7 @@ from waypoint.l7.upstream import Connector, UpstreamTarget
 class UpstreamPool:
     """Idle HTTP/1.1 connections by endpoint, and the way to open more through the connector."""
 
-    def __init__(self, connector: Connector, *, max_idle_per_endpoint: int = 64, connect_timeout_s: float = 10.0):
+    def __init__(self, connector: Connector, *, max_idle_per_endpoint: int = 1024, connect_timeout_s: float = 10.0):
         self._connector = connector
         self._max_idle = max_idle_per_endpoint
         self._connect_timeout = connect_timeout_s

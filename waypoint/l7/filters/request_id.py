@@ -4,22 +4,55 @@ manager does (``generate_request_id`` default true, ``source/extensions/request_
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 
 from waypoint.l7.filter import CONTINUE, Filter, RequestContext, Result
 from waypoint.l7.message import RequestHead, get_header
 
+_BATCH = 256  # ids per getrandom() call
+
+
+class Uuid4Source:
+    """UUID4 strings (RFC 9562 §5.4: version 4, variant 10) from batched ``os.urandom``.
+
+    Why not ``str(uuid.uuid4())``: one system call and a ``UUID`` object per request were ~3% of
+    the waypoint's CPU; here it is one call per 256 ids and a hex slice.
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self) -> str:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = os.urandom(16 * _BATCH)
+            pos = 0
+        self._pos = pos + 16
+        return format_uuid4(self._buf[pos : pos + 16])
+
+
+def format_uuid4(random16: bytes) -> str:
+    """16 random bytes as a UUID4 string: version nibble 4, variant bits 10."""
+    b = bytearray(random16)
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 def uuid4() -> str:
-    return str(uuid.UUID(bytes=os.urandom(16), version=4))
+    """One UUID4 string, for callers outside the hot path."""
+    return format_uuid4(os.urandom(16))
 
 
 class RequestId(Filter):
     name = "request-id"
 
-    def __init__(self, generate: Callable[[], str] = uuid4) -> None:
-        self._generate = generate
+    def __init__(self, generate: Callable[[], str] | None = None) -> None:
+        self._generate = generate or Uuid4Source()
 
     def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
         rid = get_header(head.headers, b"x-request-id")

@@ -1,0 +1,92 @@
+"""``waypoint ztunnel``: run the L4 node proxy for the pods of a config folder.
+
+Example (every pod of the folder, dev identities, plain ``curl`` allowed)::
+
+    waypoint ztunnel --config examples/mesh --dev --ca-dir /tmp/ca
+    curl --socks5-hostname 127.0.0.1:15080 http://echo.default:8080/
+    curl --interface 127.0.10.5 --socks5-hostname 127.0.0.1:15080 http://echo.default:8080/
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from waypoint.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
+from waypoint.mesh.model import HBONE_PORT
+from waypoint.roles.runtime import certificate_provider, folder_source, run, split_host_port
+from waypoint.roles.ztunnel import Address, ZtunnelRole, ZtunnelSettings
+
+log = logging.getLogger(__name__)
+
+_LISTENERS = (
+    # (option, settings field, default, help)
+    ("--listen-outbound", "outbound", "127.0.0.1:15001", "captured outbound (iptables REDIRECT target)"),
+    ("--listen-socks5", "socks5", "127.0.0.1:15080", "SOCKS5 for uncaptured local traffic"),
+    ("--listen-inbound-plaintext", "inbound_plaintext", "127.0.0.1:15006", "captured plaintext inbound"),
+    ("--listen-readiness", "readiness", "0.0.0.0:15021", "GET /healthz/ready"),
+    ("--listen-metrics", "metrics", "0.0.0.0:15020", "Prometheus /metrics and /stats/prometheus"),
+    ("--listen-admin", "admin", "127.0.0.1:15000", "GET /config_dump"),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("ztunnel", help="run the L4 node proxy (ztunnel role)")
+    p.add_argument("--config", required=True, metavar="DIR", help="folder of Kubernetes YAML")
+    p.add_argument("--node", help="serve the pods of this node (default: every pod)")
+    p.add_argument("--dev", action="store_true",
+                   help="clients at an address that is no pod speak as --dev-identity instead of being refused")
+    p.add_argument("--dev-identity", metavar="SPIFFE_ID",
+                   help="identity for such clients (default spiffe://<td>/ns/default/sa/default)")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--cluster-id", default="Kubernetes")
+    certs = p.add_mutually_exclusive_group()
+    certs.add_argument("--ca-dir", help="dev CA folder (created if missing); mints every pod's certificate")
+    certs.add_argument("--cert-dir", help="Istio mounted certificate files (one identity)")
+    p.add_argument("--hbone-port", type=int, default=HBONE_PORT, help="HBONE port on every local pod IP")
+    for option, _field, default, text in _LISTENERS:
+        p.add_argument(option, default=default, metavar="HOST:PORT", help=f"{text} ('off' to disable)")
+    p.add_argument("--keepalive-s", type=float, default=10.0, help="HBONE PING interval")
+    p.add_argument("--ping-timeout-s", type=float, default=20.0, help="drop an HBONE connection without PONG")
+    p.add_argument("--drain-s", type=float, default=5.0, help="grace for live connections on SIGTERM/SIGINT")
+    p.set_defaults(func=main)
+
+
+def settings_from(args: argparse.Namespace) -> ZtunnelSettings:
+    listeners: dict[str, Address | None] = {}
+    for option, name, default, _text in _LISTENERS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        port = int(default.rsplit(":", 1)[1])
+        listeners[name] = None if value in ("off", "none", "") else split_host_port(value, port)
+    return ZtunnelSettings(
+        node=args.node,
+        trust_domain=args.trust_domain,
+        cluster_domain=args.cluster_domain,
+        cluster_id=args.cluster_id,
+        dev=args.dev,
+        dev_identity=Identity.parse(args.dev_identity) if args.dev_identity else None,
+        hbone_port=args.hbone_port,
+        keepalive_s=args.keepalive_s,
+        ping_timeout_s=args.ping_timeout_s,
+        **listeners,  # type: ignore[arg-type]
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(lambda stop: _serve(args, stop))
+
+
+async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    settings = settings_from(args)
+    source = folder_source(args.config)
+    role = ZtunnelRole(settings, source.reload(),
+                       certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain))
+    await role.start()
+    watcher = asyncio.get_running_loop().create_task(source.watch(role.apply))
+    await stop.wait()
+    watcher.cancel()
+    await role.stop(args.drain_s)
+    log.info("ztunnel stopped")
+    return 0
