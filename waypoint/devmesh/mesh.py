@@ -1,0 +1,139 @@
+"""The dev mesh: one ztunnel for every pod of a folder, a waypoint for every waypoint Gateway,
+and a dev CA that mints each workload's certificate on demand, as the real ztunnel asks its CA.
+
+Everything runs in one process on 127/8: each pod's apps listen on the pod's own address (the
+user's processes, or the shipped example's), and every pod gets its own ``<pod IP>:15008``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from waypoint.devmesh.addresses import assign_waypoint_addresses
+from waypoint.identity.ca import DevCA
+from waypoint.identity.certs import DevCertificateProvider
+from waypoint.mesh.folder import FolderSource
+from waypoint.mesh.model import MeshSnapshot
+from waypoint.mesh.state import MeshState
+from waypoint.roles.runtime import folder_source
+from waypoint.roles.waypoint import WaypointRole, WaypointSettings
+from waypoint.roles.ztunnel import ZtunnelRole, ZtunnelSettings
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_DIR = Path(__file__).parent / "example"
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class DevSettings:
+    """Where the dev mesh listens; the defaults are the public localhost interface."""
+
+    config: Path = EXAMPLE_DIR
+    trust_domain: str = "cluster.local"
+    ca_dir: Path | None = None  # keep the dev CA here (created if missing); None: a fresh one in memory
+    socks5: Address | None = ("127.0.0.1", 15080)
+    outbound: Address | None = ("127.0.0.1", 15001)
+    inbound_plaintext: Address | None = ("127.0.0.1", 15006)
+    readiness: Address | None = ("127.0.0.1", 15021)
+    metrics: Address | None = ("127.0.0.1", 15020)
+    admin: Address | None = ("127.0.0.1", 15000)
+    keepalive_s: float = 10.0
+    ping_timeout_s: float = 20.0
+
+
+@dataclass
+class DevMesh:
+    settings: DevSettings
+    source: FolderSource = field(init=False)
+    ztunnel: ZtunnelRole = field(init=False)
+    waypoints: dict[tuple[str, str], WaypointRole] = field(default_factory=dict)
+    ca: DevCA = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source = folder_source(str(self.settings.config))
+        self.ca = self._dev_ca()
+        self.certificates = DevCertificateProvider(self.ca)
+
+    def _dev_ca(self) -> DevCA:
+        ca_dir = self.settings.ca_dir
+        if ca_dir is not None and DevCA.exists(ca_dir):
+            return DevCA.load(ca_dir)
+        ca = DevCA.create(self.settings.trust_domain)
+        if ca_dir is not None:
+            ca.save(ca_dir)
+        return ca
+
+    def _ztunnel_settings(self) -> ZtunnelSettings:
+        s = self.settings
+        return ZtunnelSettings(
+            trust_domain=s.trust_domain, dev=True, outbound=s.outbound, socks5=s.socks5,
+            inbound_plaintext=s.inbound_plaintext, readiness=s.readiness, metrics=s.metrics, admin=s.admin,
+            keepalive_s=s.keepalive_s, ping_timeout_s=s.ping_timeout_s,
+        )
+
+    def _snapshot(self, snapshot: MeshSnapshot) -> MeshSnapshot:
+        return assign_waypoint_addresses(snapshot)
+
+    async def start(self) -> None:
+        snapshot = self._snapshot(self.source.reload())
+        await self._sync_waypoints(snapshot)  # before the ztunnel: readiness means everything is up
+        self.ztunnel = ZtunnelRole(self._ztunnel_settings(), snapshot, self.certificates)
+        await self.ztunnel.start()
+
+    async def apply(self, snapshot: MeshSnapshot) -> None:
+        """A changed folder: the ztunnel's pods and every waypoint follow the new snapshot."""
+        snapshot = self._snapshot(snapshot)
+        await self._sync_waypoints(snapshot)
+        await self.ztunnel.apply(snapshot)
+
+    async def _sync_waypoints(self, snapshot: MeshSnapshot) -> None:
+        state = MeshState(snapshot, self.settings.trust_domain)
+        wanted = {(wp.namespace, wp.name): wp for wp in snapshot.waypoints}
+        for key in [k for k in self.waypoints if k not in wanted]:
+            await self.waypoints.pop(key).stop(1.0)
+        for key, wp in wanted.items():
+            role = self.waypoints.get(key)
+            address = state.waypoint_addresses(wp)[0]
+            if role is not None and role.settings.address == address:
+                role.update(state)
+                continue
+            if role is not None:
+                await self.waypoints.pop(key).stop(1.0)
+            role = WaypointRole(
+                WaypointSettings(wp.namespace, wp.name, address, trust_domain=self.settings.trust_domain,
+                                 keepalive_s=self.settings.keepalive_s, ping_timeout_s=self.settings.ping_timeout_s),
+                state, self.certificates,
+            )
+            await role.start()
+            self.waypoints[key] = role
+
+    async def watch(self) -> None:
+        await self.source.watch(self.apply)
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.ztunnel.stop(grace_s)
+        for role in self.waypoints.values():
+            await role.stop(grace_s)
+        self.waypoints.clear()
+
+    def summary(self) -> dict[str, int]:
+        snap = self.source.snapshot
+        return {
+            "pods": len(self.ztunnel.local_pods),
+            "services": len(snap.services),
+            "waypoints": len(self.waypoints),
+            "rejected": len(snap.problems),
+        }
+
+
+async def run_until(mesh: DevMesh, stop: asyncio.Event) -> None:
+    watcher = asyncio.get_running_loop().create_task(mesh.watch())
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
