@@ -207,6 +207,7 @@ _VERIFY_CODES = {
 _REASONS = {
     "TLSV1_ALERT_UNKNOWN_CA": "untrusted_ca",
     "SSLV3_ALERT_BAD_CERTIFICATE": "bad_certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "bad_certificate",  # e.g. Envoy when our SAN is not the one it expects
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_cert",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no_client_cert",
