@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from waypoint.l7.sniff import detect_protocol
 
@@ -28,8 +29,7 @@ class SniffingProtocol(asyncio.Protocol):
         self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         if self._timeout is not None:  # None: the port is declared HTTP, wait for the client
             self._timer = asyncio.get_running_loop().call_later(self._timeout, self._hand_over, "tcp")
 

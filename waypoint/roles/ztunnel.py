@@ -185,8 +185,7 @@ class ZtunnelRole:
             self._cert_timer.cancel()
         for server in self._servers:
             server.close()
-        await self.hbone.close(grace_s)
-        await self.conns.drain(grace_s)
+        await asyncio.gather(self.hbone.close(grace_s), self.conns.drain(grace_s))
         await self.pool.close()
         for server in self._servers:
             await server.wait_closed()
@@ -219,7 +218,6 @@ class ZtunnelRole:
         for ip in [ip for ip in self.hbone_listeners if ip not in wanted]:
             server = self.hbone_listeners.pop(ip)
             server.close()
-            self._own.discard((ip, self.settings.hbone_port))
             log.info("pod at %s gone: HBONE listener closed", ip)
         self.local_pods = wanted
         for ip, pod in wanted.items():
@@ -232,10 +230,16 @@ class ZtunnelRole:
                           self.settings.hbone_port, exc)
                 continue
             self.hbone_listeners[ip] = server
-            self._own.add((ip, server.sockets[0].getsockname()[1]))
 
-    def own_addresses(self) -> set[Address]:
-        return self._own
+    def is_own_listener(self, addr: tuple[str, int]) -> bool:
+        """Is ``addr`` one of our capture/SOCKS5 listeners (a wildcard one included)?
+
+        A connection there that was not redirected has no other destination, and a plan that
+        dials one of them would loop. HBONE listeners are not in the set: same-node traffic
+        does reach a local pod through our own ``<pod IP>:15008``.
+        """
+        host, port = addr
+        return any(p == port and h in (host, "0.0.0.0", "::", "") for h, p in self._own)
 
     # -- identities ------------------------------------------------------------------------------
     def source_of(self, ip: str) -> tuple[Workload | None, Identity | None]:

@@ -116,6 +116,13 @@ class Inbound:
         self.role.conns.spawn(self._run_plaintext(relay, peer, dst))
 
     async def _run_plaintext(self, relay: Relay, peer: tuple[str, int], dst: tuple[str, int]) -> None:
+        try:
+            await self._plaintext_upstream(relay, peer, dst)
+        except BaseException:  # cancelled at shutdown
+            relay.fail()
+            raise
+
+    async def _plaintext_upstream(self, relay: Relay, peer: tuple[str, int], dst: tuple[str, int]) -> None:
         role = self.role
         labels = traffic_labels(
             reporter="destination", source=role.state.workload_by_ip(peer[0]),

@@ -74,14 +74,18 @@ class Outbound:
         except OSError as exc:
             relay.fail(exc)
             return
-        if dst in self.role.own_addresses():  # not redirected: it dialled 15001 itself
+        if self.role.is_own_listener(dst):  # not redirected: it dialled 15001 itself
             self.role.refused("outbound", "no_original_destination", f"{peer} dialled the capture port")
             relay.fail()
             return
         self.role.conns.spawn(self._run_captured(relay, peer[:2], dst))
 
     async def _run_captured(self, relay: Relay, peer: tuple[str, int], dst: tuple[str, int]) -> None:
-        outcome = await self.connect(relay, peer, dst[0], dst[1], None)
+        try:
+            outcome = await self.connect(relay, peer, dst[0], dst[1], None)
+        except BaseException:  # cancelled at shutdown: the client must not be left open
+            relay.fail()
+            raise
         if not outcome.ok:
             relay.fail()
 
@@ -93,9 +97,14 @@ class Outbound:
         relay = self.role.conns.new_relay()
         host, port = request.request.host, request.request.port
         is_ip = _is_ip(host)
-        outcome = await self.connect(
-            relay, request.peername, host if is_ip else None, port, None if is_ip else host
-        )
+        try:
+            outcome = await self.connect(
+                relay, request.peername, host if is_ip else None, port, None if is_ip else host
+            )
+        except BaseException:  # cancelled at shutdown: answer and close the client
+            relay.fail()
+            request.refuse(Reply.GENERAL_FAILURE)
+            raise
         if outcome.ok:
             request.succeed(relay, outcome.bound)
         else:
@@ -124,7 +133,7 @@ class Outbound:
             role.metrics.connection_failed(labels)
             return Outcome(Reply.HOST_UNREACHABLE, plan.reason)
         assert plan.next_hop is not None
-        if plan.next_hop in role.own_addresses():
+        if plan.kind is not PlanKind.HBONE and role.is_own_listener(plan.next_hop):
             role.refused("outbound", "loop", f"{peer} -> {plan.next_hop} is this ztunnel")
             return Outcome(Reply.NOT_ALLOWED, "loop")
         try:
