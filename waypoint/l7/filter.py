@@ -86,6 +86,7 @@ class DownstreamInfo:
     peer_identity: str | None = None  # SPIFFE ID of the downstream workload, None if not mTLS
     dialled: ServiceRef | None = None  # the service whose VIP the client dialled
     destination: tuple[str, int] | None = None  # original destination (HBONE :authority)
+    source_namespace: str | None = None  # the client workload's namespace (consumer routes apply by it)
     scheme: str = "http"
 
 
@@ -144,6 +145,7 @@ class RequestContext:
                 headers=headers,
                 dialled=self.info.dialled,
                 grpc=ct.startswith("application/grpc"),
+                source_namespace=self.info.source_namespace,
             )
         return self._view
 

@@ -181,6 +181,7 @@ class WaypointRole:
             peer_identity=str(request.peer_identity) if request.peer_identity else None,
             dialled=dialled,
             destination=(target.host, target.port),
+            source_namespace=request.peer_identity.namespace if request.peer_identity else None,
         )
         if protocol in HTTP_PROTOCOLS:  # HTTP/1.1 or h2c prior knowledge, as Envoy's codec AUTO
             request.accept(lambda: SniffingProtocol(self._inner_choice(info, http=True), None))
