@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from waypoint.l4.relay import Relay
+from waypoint.telemetry.access_log import connection_complete
 from waypoint.telemetry.metrics import ConnectionRecord, TcpMetrics, TrafficLabels
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,11 @@ class ConnectionTracker:
         self.live.discard(relay)
         self.completed += 1
         record = relay.user
-        if isinstance(record, ConnectionRecord):
+        if isinstance(record, ConnectionRecord) and not record.closed:
             record.close(relay.bytes_up, relay.bytes_down)
+            connection_complete(
+                record.label_values, relay.bytes_up, relay.bytes_down, time.monotonic() - record.opened_at
+            )
         if not self.live and self._empty is not None:
             self._empty.set()
 

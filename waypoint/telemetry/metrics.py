@@ -17,6 +17,7 @@ and tests to see *why* something was turned away.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -196,7 +197,7 @@ class TcpMetrics:
 class ConnectionRecord:
     """Per-connection metric state: byte counts already added, so a flush adds only the delta."""
 
-    __slots__ = ("_metrics", "_recv_done", "_sent_done", "closed", "label_values")
+    __slots__ = ("_metrics", "_recv_done", "_sent_done", "closed", "label_values", "opened_at")
 
     def __init__(self, metrics: TcpMetrics, labels: TrafficLabels) -> None:
         self._metrics = metrics
@@ -204,6 +205,7 @@ class ConnectionRecord:
         self._recv_done = 0
         self._sent_done = 0
         self.closed = False
+        self.opened_at = time.monotonic()
 
     def flush(self, received: int, sent: int) -> None:
         """Add the bytes counted since the last flush (``received``/``sent`` are running totals)."""
