@@ -140,8 +140,8 @@ class WaypointRole:
         return []
 
     # ---- lifecycle ----
-    async def start(self) -> None:
-        await self.server.listen(self.settings.address, self.settings.port)
+    async def start(self, *, reuse_port: bool = False) -> None:
+        await self.server.listen(self.settings.address, self.settings.port, reuse_port=reuse_port)
         log.info(
             "waypoint %s/%s serving HBONE on %s:%d as %s",
             self.settings.namespace, self.settings.name, self.settings.address, self.settings.port, self.identity,

@@ -9,6 +9,7 @@ import logging
 from waypoint.mesh.state import MeshState
 from waypoint.roles.runtime import certificate_provider, folder_source, run, split_host_port
 from waypoint.roles.waypoint import HBONE_PORT, WaypointRole, WaypointSettings, waypoint_address
+from waypoint.roles.workers import run_workers, worker_count
 from waypoint.telemetry.admin import HttpEndpoint, config_dump_routes, readiness_routes
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--cert-dir", help="Istio mounted certificate files (cert-chain.pem, key.pem, root-cert.pem)")
     p.add_argument("--readiness", default="0.0.0.0:15021", metavar="HOST:PORT")
     p.add_argument("--admin", default="127.0.0.1:15000", metavar="HOST:PORT")
+    p.add_argument("--concurrency", type=int, default=0, metavar="N",
+                   help="worker processes sharing the HBONE port (0: one per CPU, as Envoy)")
     p.set_defaults(func=main)
 
 
@@ -33,10 +36,13 @@ def main(args: argparse.Namespace) -> int:
     if not name:
         log.error("--gateway must be NS/NAME, got %r", args.gateway)
         return 2
-    return run(lambda stop: _serve(args, namespace, name, stop))
+    workers = worker_count(args.concurrency)
+    return run_workers(workers, lambda index: run(lambda stop: _serve(args, namespace, name, stop, index, workers)))
 
 
-async def _serve(args: argparse.Namespace, namespace: str, name: str, stop: asyncio.Event) -> int:
+async def _serve(
+    args: argparse.Namespace, namespace: str, name: str, stop: asyncio.Event, index: int = 0, workers: int = 1
+) -> int:
     source = folder_source(args.config)
     state = MeshState(source.reload(), trust_domain=args.trust_domain)
     wp = state.waypoint(namespace, name)
@@ -45,14 +51,16 @@ async def _serve(args: argparse.Namespace, namespace: str, name: str, stop: asyn
     address = args.address or (waypoint_address(state, wp) if wp else None) or "0.0.0.0"
     settings = WaypointSettings(namespace, name, address, args.port, args.trust_domain)
     role = WaypointRole(settings, state, certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain))
-    await role.start()
+    await role.start(reuse_port=workers > 1)
     ready = True
-    endpoints = [
-        HttpEndpoint(readiness_routes(lambda: ready), "readiness"),
-        HttpEndpoint(config_dump_routes(role.config_dump), "admin"),
-    ]
-    await endpoints[0].listen(*split_host_port(args.readiness, 15021))
-    await endpoints[1].listen(*split_host_port(args.admin, 15000))
+    endpoints = []
+    if index == 0:  # one worker answers readiness and the admin port
+        endpoints = [
+            HttpEndpoint(readiness_routes(lambda: ready), "readiness"),
+            HttpEndpoint(config_dump_routes(role.config_dump), "admin"),
+        ]
+        await endpoints[0].listen(*split_host_port(args.readiness, 15021))
+        await endpoints[1].listen(*split_host_port(args.admin, 15000))
     watcher = asyncio.get_running_loop().create_task(
         source.watch(lambda snap: role.update(MeshState(snap, trust_domain=args.trust_domain)))
     )
