@@ -116,13 +116,14 @@ class HboneServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
 
-    async def listen(self, host: str, port: int) -> asyncio.Server:
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
         """Accept plain TCP on ``host:port``; the TLS handshake runs per connection, with the
-        context for the local address the client dialled (resolved once per address)."""
+        context for the local address the client dialled (resolved once per address).
+        ``reuse_port``: several worker processes share the port (SO_REUSEPORT), as Envoy's workers."""
         if host not in ("", "0.0.0.0", "::"):  # a wildcard: chosen per local address
             self._context(host)  # a bad local address fails here, not on the first client
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: TakeSocket(self._accepted), host, port)
+        server = await loop.create_server(lambda: TakeSocket(self._accepted), host, port, reuse_port=reuse_port)
         self._listeners.append(server)
         return server
 
