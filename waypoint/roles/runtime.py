@@ -69,6 +69,19 @@ def certificate_provider(ca_dir: str | None, cert_dir: str | None, trust_domain:
     return DevCertificateProvider(ca)
 
 
+def watch_certificate_files(provider: CertificateProvider, on_change: Callable[[], None]) -> asyncio.Task[None] | None:
+    """For ``--cert-dir``: poll Istio's mounted files and call ``on_change`` when a new, complete set
+    is on disk (the source ignores half-written sets). None for providers that mint themselves."""
+    if not isinstance(provider, FileCertificateSource):
+        return None
+
+    def changed(cert: object) -> None:
+        log.info("certificate files changed: new connections use the new certificate")
+        on_change()
+
+    return asyncio.get_running_loop().create_task(provider.watch(1.0, changed))
+
+
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:

@@ -7,7 +7,13 @@ import asyncio
 import logging
 
 from waypoint.mesh.state import MeshState
-from waypoint.roles.runtime import certificate_provider, folder_source, run, split_host_port
+from waypoint.roles.runtime import (
+    certificate_provider,
+    folder_source,
+    run,
+    split_host_port,
+    watch_certificate_files,
+)
 from waypoint.roles.waypoint import HBONE_PORT, WaypointRole, WaypointSettings, waypoint_address
 from waypoint.roles.workers import run_workers, worker_count
 from waypoint.telemetry.admin import HttpEndpoint, config_dump_routes, readiness_routes
@@ -50,7 +56,8 @@ async def _serve(
         log.warning("no waypoint Gateway %s/%s in %s (yet); serving anyway", namespace, name, args.config)
     address = args.address or (waypoint_address(state, wp) if wp else None) or "0.0.0.0"
     settings = WaypointSettings(namespace, name, address, args.port, args.trust_domain)
-    role = WaypointRole(settings, state, certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain))
+    certificates = certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain)
+    role = WaypointRole(settings, state, certificates)
     await role.start(reuse_port=workers > 1)
     ready = True
     endpoints = []
@@ -64,9 +71,12 @@ async def _serve(
     watcher = asyncio.get_running_loop().create_task(
         source.watch(lambda snap: role.update(MeshState(snap, trust_domain=args.trust_domain)))
     )
+    cert_watcher = watch_certificate_files(certificates, role.rotate)
     await stop.wait()
     ready = False
     watcher.cancel()
+    if cert_watcher is not None:
+        cert_watcher.cancel()
     await role.stop()
     for endpoint in endpoints:
         await endpoint.close()

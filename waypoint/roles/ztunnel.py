@@ -257,13 +257,17 @@ class ZtunnelRole:
             raise LookupError(f"no local pod at {ip}")
         return self._server_ctx.get(self.state.identity_of(pod))
 
-    def _refresh_certificates(self) -> None:
-        """Re-mint at half-life (the provider decides); contexts update in place (facts §1.1)."""
+    def refresh_certificates(self) -> None:
+        """Ask the provider again (re-minted at half-life, or new files on disk): contexts update in
+        place, so new handshakes use the new certificate and live connections keep theirs (facts §1.1)."""
         for contexts in (self._server_ctx, self._client_ctx):
             try:
                 contexts.refresh()
             except Exception:
                 log.exception("certificate refresh failed")
+
+    def _refresh_certificates(self) -> None:
+        self.refresh_certificates()
         self._cert_timer = asyncio.get_running_loop().call_later(60.0, self._refresh_certificates)
 
     # -- refusals --------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ import logging
 
 from waypoint.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
 from waypoint.mesh.model import HBONE_PORT
-from waypoint.roles.runtime import certificate_provider, folder_source, run, split_host_port
+from waypoint.roles.runtime import (
+    certificate_provider,
+    folder_source,
+    run,
+    split_host_port,
+    watch_certificate_files,
+)
 from waypoint.roles.ztunnel import Address, ZtunnelRole, ZtunnelSettings
 
 log = logging.getLogger(__name__)
@@ -81,12 +87,15 @@ def main(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     settings = settings_from(args)
     source = folder_source(args.config)
-    role = ZtunnelRole(settings, source.reload(),
-                       certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain))
+    certificates = certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain)
+    role = ZtunnelRole(settings, source.reload(), certificates)
     await role.start()
     watcher = asyncio.get_running_loop().create_task(source.watch(role.apply))
+    cert_watcher = watch_certificate_files(certificates, role.refresh_certificates)
     await stop.wait()
     watcher.cancel()
+    if cert_watcher is not None:
+        cert_watcher.cancel()
     await role.stop(args.drain_s)
     log.info("ztunnel stopped")
     return 0
