@@ -9,7 +9,9 @@ reads SO_ORIGINAL_DST, tunnels to ztunnel B, which dials the app. Prints one JSO
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import sys
 import tempfile
 from dataclasses import replace
@@ -25,11 +27,26 @@ from waypoint.mesh.folder import FolderSource
 from waypoint.roles.ztunnel import ZtunnelRole, ZtunnelSettings
 from waypoint.testing.certs import dev_ca
 
+SIZE = 64 * 1024 * 1024  # each way (issue 2: 64 MiB through the 15001 path, byte-exact)
+SEEN: dict[str, str] = {}
 
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
+
+async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Streams SIZE bytes of its own while hashing what it reads, then half-closes."""
+
+    async def send() -> None:
+        block = hashlib.sha256(b"server").digest() * 2048  # 64 KiB, deterministic
+        for _ in range(SIZE // len(block)):
+            writer.write(block)
+            await writer.drain()
+        writer.write_eof()
+
+    sender = asyncio.get_running_loop().create_task(send())
+    digest = hashlib.sha256()
+    while data := await reader.read(1 << 18):
+        digest.update(data)
+    SEEN["app_received"] = digest.hexdigest()
+    await sender
     writer.close()
 
 
@@ -41,13 +58,25 @@ async def main() -> dict[str, object]:
     b = ZtunnelRole(replace(off, node="node-b", outbound=None), snapshot, provider)
     await a.start()
     await b.start()
-    app = await asyncio.start_server(echo, SERVER_IP, SERVER_PORT)
+    server = await asyncio.start_server(app, SERVER_IP, SERVER_PORT)
     reader, writer = await asyncio.open_connection(ECHO_VIP, 80, local_addr=(CLIENT_IP, 0))
-    payload = b"captured " * 100_000
-    writer.write(payload)
-    writer.write_eof()
-    got = await asyncio.wait_for(reader.read(), 20)
+    payload = os.urandom(SIZE)
+
+    async def send() -> None:
+        for i in range(0, SIZE, 1 << 20):
+            writer.write(payload[i : i + (1 << 20)])
+            await writer.drain()
+        writer.write_eof()  # half-close: the reply keeps coming
+
+    async def receive() -> str:
+        digest = hashlib.sha256()
+        while data := await reader.read(1 << 18):
+            digest.update(data)
+        return digest.hexdigest()
+
+    _, got = await asyncio.wait_for(asyncio.gather(send(), receive()), 60)
     writer.close()
+    expected_reply = hashlib.sha256((hashlib.sha256(b"server").digest() * 2048) * (SIZE // (64 * 1024)))
     while a.conns.live or b.conns.live:
         await asyncio.sleep(0.01)
     opened = [
@@ -58,12 +87,13 @@ async def main() -> dict[str, object]:
         if s.name.endswith("_total")
     ]
     result: dict[str, object] = {
-        "echoed": got == payload,
+        "client_received_exact": got == expected_reply.hexdigest(),
+        "app_received_exact": SEEN.get("app_received") == hashlib.sha256(payload).hexdigest(),
         "through_a": a.conns.completed,
         "through_b": b.conns.completed,
         "source_labels": opened[0][0] if opened else None,
     }
-    app.close()
+    server.close()
     await a.stop(1.0)
     await b.stop(1.0)
     return result

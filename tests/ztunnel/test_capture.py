@@ -46,11 +46,12 @@ def netns() -> Iterator[str]:
 
 
 @pytest.mark.timeout(60)
-def test_redirected_connection_reaches_service_through_hbone(netns: str) -> None:
+def test_redirected_64mib_each_way_reaches_service_through_hbone(netns: str) -> None:
     done = run("ip", "netns", "exec", netns, sys.executable, str(CHILD))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["echoed"] is True
+    assert result["client_received_exact"] is True  # 64 MiB down, hashes compared
+    assert result["app_received_exact"] is True  # 64 MiB up, after the client's half-close
     assert result["through_a"] == 1 and result["through_b"] == 1
     labels = result["source_labels"]
     assert labels["reporter"] == "source" and labels["source_workload"] == "sleep"
