@@ -55,6 +55,8 @@ def echo_handler(pod_name: str, namespace: str) -> object:
                     + payload
                 )
                 await writer.drain()
+                if any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
+                    break
         except ConnectionError:
             pass
         finally:
