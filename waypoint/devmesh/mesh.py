@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from waypoint.devmesh.addresses import assign_waypoint_addresses
 from waypoint.identity.ca import DevCA
 from waypoint.identity.certs import DevCertificateProvider
+from waypoint.l7.filter import Filter
 from waypoint.mesh.folder import FolderSource
 from waypoint.mesh.model import MeshSnapshot
 from waypoint.mesh.state import MeshState
@@ -44,11 +46,16 @@ class DevSettings:
     admin: Address | None = ("127.0.0.1", 15000)
     keepalive_s: float = 10.0
     ping_timeout_s: float = 20.0
+    # Serve only this node's pods (None: every pod). Pods of other nodes are reached at their own
+    # <pod IP>:15008, where something else (another ztunnel, an Envoy) terminates HBONE.
+    node: str | None = None
 
 
 @dataclass
 class DevMesh:
     settings: DevSettings
+    # Run in every waypoint after the built-in filters (an embedding's or a test's own filters).
+    waypoint_filters: Sequence[Filter] = ()
     source: FolderSource = field(init=False)
     ztunnel: ZtunnelRole = field(init=False)
     waypoints: dict[tuple[str, str], WaypointRole] = field(default_factory=dict)
@@ -71,7 +78,7 @@ class DevMesh:
     def _ztunnel_settings(self) -> ZtunnelSettings:
         s = self.settings
         return ZtunnelSettings(
-            trust_domain=s.trust_domain, dev=True, outbound=s.outbound, socks5=s.socks5,
+            node=s.node, trust_domain=s.trust_domain, dev=True, outbound=s.outbound, socks5=s.socks5,
             inbound_plaintext=s.inbound_plaintext, readiness=s.readiness, metrics=s.metrics, admin=s.admin,
             keepalive_s=s.keepalive_s, ping_timeout_s=s.ping_timeout_s,
         )
@@ -107,7 +114,7 @@ class DevMesh:
             role = WaypointRole(
                 WaypointSettings(wp.namespace, wp.name, address, trust_domain=self.settings.trust_domain,
                                  keepalive_s=self.settings.keepalive_s, ping_timeout_s=self.settings.ping_timeout_s),
-                state, self.certificates,
+                state, self.certificates, extra_filters=self.waypoint_filters,
             )
             await role.start()
             self.waypoints[key] = role

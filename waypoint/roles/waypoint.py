@@ -105,8 +105,10 @@ class WaypointRole:
             tls.verify_server,
             keepalive_s=settings.keepalive_s,
             ping_timeout_s=settings.ping_timeout_s,
+            bind_source_ip=True,
         )
-        self.connector = HboneConnector(self.pool, self.identity)
+        source_ip = None if settings.address in ("0.0.0.0", "::", "") else settings.address
+        self.connector = HboneConnector(self.pool, self.identity, source_ip=source_ip)
         self.upstreams = ProtocolPool(self.connector)
         self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
         filters = [RequestId(), Forwarded(), *self._configured_filters(state), *extra_filters]
@@ -263,6 +265,7 @@ class WaypointRole:
             "identity": str(self.identity),
             "hbone_connections_opened": self.pool.connections_opened,
             "refusals": dict(self.refusals),
+            "routes": self._current.config.status_dump(),
         }
 
 

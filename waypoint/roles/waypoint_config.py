@@ -6,13 +6,15 @@ Pure: built once per snapshot (the model is swapped whole, so is this), read per
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from waypoint.errors import ManifestError
 from waypoint.l7.routing.decision import ServiceRef
 from waypoint.l7.routing.model import GRPCRoute, HTTPRoute, ReferenceGrant
 from waypoint.l7.routing.parse import parse_grpcroute, parse_httproute, parse_reference_grant
+from waypoint.l7.routing.status import ParentStatus, route_status
 from waypoint.l7.routing.table import RouteTables
 from waypoint.l7.upstream import UpstreamProtocol, UpstreamTarget
 from waypoint.mesh.model import KubeObject, Service
@@ -51,6 +53,9 @@ class WaypointConfig:
 
     state: MeshState
     routes: RouteTables
+    # Gateway API status of every route, keyed "Kind/ns/name": what an operator reads to learn why
+    # a route does nothing or answers 500 (we write no status to an API server).
+    statuses: dict[str, tuple[ParentStatus, ...]] = field(default_factory=dict)
     _targets: dict[ServiceRef, tuple[UpstreamTarget, ...]] = field(default_factory=dict)
 
     @classmethod
@@ -61,8 +66,38 @@ class WaypointConfig:
         grants: list[ReferenceGrant] = _parsed(
             snap.objects("ReferenceGrant"), parse_reference_grant
         )  # type: ignore[assignment]
-        tables = RouteTables.build([*http, *grpc], service_index(state), grants)
-        return cls(state, tables)
+        services = service_index(state)
+        tables = RouteTables.build([*http, *grpc], services, grants)
+        gateways = [(wp.namespace, wp.name) for wp in snap.waypoints]
+        routes: list[HTTPRoute | GRPCRoute] = [*http, *grpc]
+        statuses = {f"{r.kind}/{r.namespace}/{r.name}": route_status(r, services, grants, gateways) for r in routes}
+        for name, parents in statuses.items():
+            for parent in parents:
+                for c in parent.conditions:
+                    if c.status != "True":
+                        log.warning("%s parent %s: %s=False %s: %s", name, parent.parent_ref.name, c.type,
+                                    c.reason, c.message)
+        return cls(state, tables, statuses)
+
+    def status_dump(self) -> list[Mapping[str, Any]]:
+        """Route statuses for the admin config dump, shaped like Gateway API ``status.parents``."""
+        return [
+            {
+                "route": name,
+                "parents": [
+                    {
+                        "parentRef": {"kind": p.parent_ref.kind, "name": p.parent_ref.name,
+                                      "namespace": p.parent_ref.namespace, "port": p.parent_ref.port},
+                        "conditions": {
+                            c.type: {"status": c.status, "reason": c.reason, "message": c.message}
+                            for c in p.conditions
+                        },
+                    }
+                    for p in parents
+                ],
+            }
+            for name, parents in sorted(self.statuses.items())
+        ]
 
     def service(self, ref: ServiceRef) -> Service | None:
         return self.state.service(ref.namespace, ref.name)
