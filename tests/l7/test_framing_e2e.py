@@ -45,12 +45,16 @@ async def test_read_until_close_response_becomes_chunked() -> None:
         assert (await c.get(f"{proxy.url}/next")).status_code == 200
 
 
-async def test_reset_before_headers_is_503() -> None:
+async def test_reset_before_headers_is_503_after_istio_default_retries() -> None:
     backend = await start_backend()
     async with run_proxy({SVC: [backend.target]}) as proxy, httpx.AsyncClient(trust_env=False) as c:
         r = await c.get(f"{proxy.url}/reset-early")
     assert r.status_code == 503
-    assert r.text == "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    assert r.text == (  # Envoy's wording once its retries (Istio's default policy: 2) are spent
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
+        "connection termination"
+    )
+    assert backend.hits["/reset-early"] == 3  # the first try and 2 retries
 
 
 async def test_reset_mid_body_closes_the_client_connection() -> None:

@@ -32,7 +32,9 @@ async def test_connect_failure_is_503_reset_before_headers() -> None:
     async with run_proxy({SVC: [dead]}) as proxy, httpx.AsyncClient(trust_env=False) as c:
         r = await c.get(f"{proxy.url}/")
     assert r.status_code == 503
-    assert r.text.startswith("upstream connect error or disconnect/reset before headers. reset reason: ")
+    assert r.text.startswith(  # retried first: Istio's default policy retries connect failures
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
+    )
 
 
 async def test_backend_timeout_is_504() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.routing.helpers import NS, SERVICES, SVC, backend, http_route, request, resolve
-from waypoint.l7.routing.decision import DecisionKind, RequestView, ServiceRef
+from waypoint.l7.routing.decision import ISTIO_DEFAULT_RETRY, DecisionKind, RequestView, ServiceRef
 from waypoint.l7.routing.parse import parse_httproute, parse_reference_grant
 from waypoint.l7.routing.refs import GatewayParent
 from waypoint.l7.routing.status import route_status
@@ -111,7 +111,9 @@ def test_timeouts_and_retry_defaults() -> None:
     assert (d.request_timeout_s, d.backend_timeout_s) == (10.0, 2.0)
     assert d.retry is not None and (d.retry.attempts, d.retry.codes) == (2, (503,))
     d = resolve([http_route([{"timeouts": {"request": "0s"}, "backendRefs": [backend("v1")]}])], request())
-    assert d.request_timeout_s is None and d.retry is None
+    assert d.request_timeout_s is None and d.retry == ISTIO_DEFAULT_RETRY  # Istio's DefaultPolicy: 2 x 503
+    d = resolve([http_route([{"retry": {"attempts": 0}, "backendRefs": [backend("v1")]}])], request())
+    assert d.retry is not None and d.retry.attempts == 0  # an explicit 0 disables retries
 
 
 def test_extension_ref_filter_answers_500() -> None:

@@ -7,7 +7,8 @@ sampled mirror, and path/Location string building when a filter asks for it.
 
 Istio behaviour followed (``pilot/pkg/config/kube/gateway/conversion.go`` convertHTTPRoute):
 a rule whose backendRefs weigh 0 in total (or has none) and no redirect answers 500; retry
-attempts default to 2 when a ``retry`` stanza omits them; a zero duration means no timeout.
+attempts default to 2 when a ``retry`` stanza omits them, and a rule without one gets Istio's default
+retry policy (``ISTIO_DEFAULT_RETRY``); a zero duration means no timeout.
 An invalid backend keeps its weight and its share of requests gets 500 (spec, HTTPBackendRef).
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from waypoint.l7.routing.decision import (
+    ISTIO_DEFAULT_RETRY,
     DecisionKind,
     HeaderMutation,
     RetryPolicy,
@@ -108,7 +110,7 @@ class CompiledRule:
     cumulative: tuple[int, ...]  # running weight sums of ``backends``
     request_timeout_s: float | None = None
     backend_timeout_s: float | None = None
-    retry: RetryPolicy | None = None
+    retry: RetryPolicy | None = ISTIO_DEFAULT_RETRY
     scheme: str = "http"
 
     @classmethod
@@ -140,7 +142,7 @@ class CompiledRule:
             cumulative=tuple(cumulative),
             request_timeout_s=timeouts.request_s if timeouts else None,
             backend_timeout_s=timeouts.backend_request_s if timeouts else None,
-            retry=None
+            retry=ISTIO_DEFAULT_RETRY
             if retry is None
             else RetryPolicy(
                 attempts=ISTIO_DEFAULT_RETRY_ATTEMPTS if retry.attempts is None else retry.attempts,

@@ -51,6 +51,11 @@ class RetryPolicy:
     backoff_s: float | None
 
 
+ISTIO_DEFAULT_RETRY = RetryPolicy(attempts=2, codes=(503,), backoff_s=None)
+"""What Istio applies to a route with no retry stanza (``IS:pilot/pkg/networking/core/route/retry/retry.go``
+``DefaultPolicy``: 2 retries on connect-failure, refused-stream, unavailable, cancelled and 503)."""
+
+
 class DecisionKind(Enum):
     FORWARD = "forward"  # send to ``backend``
     REDIRECT = "redirect"  # answer ``status`` with ``location``
@@ -71,6 +76,6 @@ class RouteDecision:
     mirrors: tuple[ServiceRef, ...] = ()  # RequestMirror targets picked for this request
     request_timeout_s: float | None = None  # timeouts.request
     backend_timeout_s: float | None = None  # timeouts.backendRequest
-    retry: RetryPolicy | None = None
+    retry: RetryPolicy | None = ISTIO_DEFAULT_RETRY  # None: no retries (a stanza with attempts 0)
     route_name: str = ""  # "kind/ns/name" (+ "#rule") for telemetry and logs
     extra: dict[str, str] = field(default_factory=dict)
