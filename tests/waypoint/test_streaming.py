@@ -68,7 +68,8 @@ async def processes(tmp_path: Path) -> AsyncIterator[dict[str, subprocess.Popen[
         "ztunnel": _start(["ztunnel", "--config", str(config), "--ca-dir", str(ca_dir),
                            "--listen-socks5", f"{ZT_SOCKS[0]}:{ZT_SOCKS[1]}", "--listen-outbound", off,
                            "--listen-inbound-plaintext", off, "--listen-readiness", f"{m.ip('11.2')}:0",
-                           "--listen-metrics", off, "--listen-admin", off, "--drain-s", "0.5"], tmp_path / "ztunnel.log"),
+                           "--listen-metrics", off, "--listen-admin", off, "--drain-s", "0.5"],
+                          tmp_path / "ztunnel.log"),
         "waypoint": _start(["waypoint", "--config", str(config), "--gateway", "app/waypoint", "--ca-dir",
                             str(ca_dir), "--readiness", f"{m.ip('11.3')}:0", "--admin", f"{m.ip('11.3')}:0",
                             "--concurrency", "1"],  # one process: its pid is the one carrying traffic
