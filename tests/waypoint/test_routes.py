@@ -241,6 +241,10 @@ async def test_rule_with_only_invalid_backends_answers_500(make_mesh: MeshFactor
         assert (await client.get(URL + "/badkind")).status_code == 500
         assert (await client.get(URL + "/ok")).status_code == 200
     dump = mesh.waypoint("waypoint").config_dump()
+    # `waypoint dev` shows the same in its one admin dump, beside the ztunnel's sections
+    dev_dump = mesh.dev.ztunnel.config_dump()["waypoint_roles"]
+    assert [d["waypoint"] for d in dev_dump] == ["app/waypoint"]  # type: ignore[attr-defined]
+    assert dev_dump[0]["routes"] == dump["routes"]  # type: ignore[index]
     status = {r["route"]: r for r in dump["routes"]}["HTTPRoute/app/r"]
     resolved = status["parents"][0]["conditions"]["ResolvedRefs"]
     assert resolved["status"] == "False" and resolved["reason"] in ("BackendNotFound", "InvalidKind")

@@ -90,6 +90,7 @@ class DevMesh:
         snapshot = self._snapshot(self.source.reload())
         await self._sync_waypoints(snapshot)  # before the ztunnel: readiness means everything is up
         self.ztunnel = ZtunnelRole(self._ztunnel_settings(), snapshot, self.certificates)
+        self.ztunnel.dump_extensions["waypoint_roles"] = lambda: [w.config_dump() for w in self.waypoints.values()]
         await self.ztunnel.start()
 
     async def apply(self, snapshot: MeshSnapshot) -> None:

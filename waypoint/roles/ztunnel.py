@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,8 @@ class ZtunnelRole:
         self._cert_timer: asyncio.TimerHandle | None = None
         self.ready = False
         self.refusals: dict[str, int] = {}
+        # more sections for /config_dump from whoever runs this role beside others (``waypoint dev``)
+        self.dump_extensions: dict[str, Callable[[], object]] = {}
 
     def _state(self, snapshot: MeshSnapshot) -> MeshState:
         s = self.settings
@@ -304,4 +307,5 @@ class ZtunnelRole:
             "connections": {"live": len(self.conns.live), "completed": self.conns.completed,
                             "pool_connections": self.pool.live_connections},
             "refusals": dict(self.refusals),
+            **{name: dump() for name, dump in self.dump_extensions.items()},
         }
