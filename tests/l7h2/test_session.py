@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import h2.connection
 import pytest
 
 from waypoint.l7 import h2_session as hs
@@ -61,14 +60,12 @@ def test_window_is_granted_back_only_when_consumed() -> None:
     assert client.send_window(sid) == 40 * 1024
 
 
-def test_malformed_request_is_delivered_for_a_stream_reset_not_a_goaway() -> None:
+def test_malformed_request_resets_its_stream_not_the_connection() -> None:
+    """RFC 9113 §8.1.1: malformed is a stream error; the consumer never sees the request."""
     client, server = pair()
     sid = client.open_stream([(b":method", b"GET"), (b":path", b"/no-scheme")], end_stream=True)
-    _, at_server = shuttle(client, server)
-    assert isinstance(at_server[0], hs.HeadersReceived)
-    assert request_head(at_server[0].headers) is None
-    server.reset(sid, 1)
-    at_client, _ = shuttle(client, server)
+    at_client, at_server = shuttle(client, server)
+    assert at_server == []
     assert at_client == [hs.StreamReset(sid, 1)]
     assert not server.dead and not client.closing
     sid2 = client.open_stream(GET, end_stream=True)  # the connection still serves
@@ -120,14 +117,11 @@ def test_cookie_crumbs_are_joined_and_host_is_authority_fallback() -> None:
     assert (b"cookie", b"a=1; b=2") in head.headers
 
 
-def test_contract_h2_content_length_attribute_we_clear() -> None:
-    """``forget_content_length`` reaches into h2 4.4's H2Stream; fail here if that moves."""
+def test_body_shorter_than_content_length_resets_the_stream() -> None:
     client, server = pair()
     sid = client.open_stream([*POST, (b"content-length", b"10")], end_stream=False)
-    server.receive_data(client.data_to_send())
-    stream = server._h2.streams[sid]
-    assert isinstance(server._h2, h2.connection.H2Connection)
-    assert stream._expected_content_length is None  # cleared by the session
-    client.end_stream(sid)  # 0 bytes of 10: h2 would have raised a connection error
-    events = server.receive_data(client.data_to_send())
-    assert events == [hs.StreamEnded(sid)] and not server.dead
+    client.send_data(sid, b"12345")
+    client.end_stream(sid)  # 5 bytes of 10
+    at_client, at_server = shuttle(client, server)
+    assert [type(e) for e in at_server] == [hs.HeadersReceived, hs.DataReceived, hs.StreamReset]
+    assert at_client == [hs.StreamReset(sid, 1)] and not server.dead

@@ -20,9 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import h2.exceptions
-from h2.errors import ErrorCodes
-
+from waypoint.l7 import h2_fast as w
 from waypoint.l7 import h2_session as hs
 from waypoint.l7.flow import CorkedWriter, RelayPeer
 from waypoint.l7.h1_client import ResponseHandler
@@ -110,7 +108,7 @@ class H2UpstreamStream:
         conn = self.conn
         try:
             self.sid = conn.session.open_stream(request_headers(head), end_stream)
-        except h2.exceptions.ProtocolError as exc:
+        except hs.H2ProtocolError as exc:
             # the caller is mid-attach: report on the next turn, as a failed connection would
             conn.loop.call_soon(self._fail, True, f"remote refused stream reset ({exc})")
             return
@@ -138,7 +136,7 @@ class H2UpstreamStream:
             if self.out:
                 self.end_pending = True
             else:
-                with contextlib.suppress(h2.exceptions.ProtocolError):
+                with contextlib.suppress(hs.H2ProtocolError):
                     session.end_stream(self.sid)
         self.conn.writer.kick()
 
@@ -149,7 +147,7 @@ class H2UpstreamStream:
         if self.out:
             self.trailers_pending = trailers
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(hs.H2ProtocolError):
             self.conn.session.send_headers(self.sid, trailers, True)
         self.conn.writer.kick()
 
@@ -172,7 +170,7 @@ class H2UpstreamStream:
             if self.handler is not None:
                 self.handler.on_upstream_writable(True)
         if not out:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
+            with contextlib.suppress(hs.H2ProtocolError):
                 if self.trailers_pending is not None:
                     trailers, self.trailers_pending = self.trailers_pending, None
                     session.send_headers(self.sid, trailers, True)
@@ -200,7 +198,7 @@ class H2UpstreamStream:
         """Abandon this exchange: RST_STREAM(CANCEL) if the stream is still open; others go on."""
         self.handler = None
         if not self.finished and self.sid and not (self.request_done and self.response_done):
-            self.conn.session.reset(self.sid, ErrorCodes.CANCEL)
+            self.conn.session.reset(self.sid, w.CANCEL)
             self.conn.writer.kick()
         self.conn.release(self)
 
@@ -384,7 +382,7 @@ class H2ClientConnection(asyncio.Protocol):
         if st is None:
             return
         # Envoy's reset reasons as its router words them (source/common/router/router.cc)
-        reason = "remote refused stream reset" if code == ErrorCodes.REFUSED_STREAM else "remote reset"
+        reason = "remote refused stream reset" if code == w.REFUSED_STREAM else "remote reset"
         st._fail(not st.started, reason)
 
 

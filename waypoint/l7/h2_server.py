@@ -21,9 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import h2.exceptions
-from h2.errors import ErrorCodes
-
+from waypoint.l7 import h2_fast as w
 from waypoint.l7 import h2_session as hs
 from waypoint.l7.chain import FilterChain, Stream
 from waypoint.l7.filter import DownstreamInfo, RequestContext
@@ -115,7 +113,7 @@ class _DownStream:
             return
         status = _STATUS.get(head.status) or str(head.status).encode()
         headers = [(b":status", status), *head.headers]
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(hs.H2ProtocolError):
             self.server.session.send_headers(self.sid, headers, end)
         self.writer.kick()
 
@@ -140,7 +138,7 @@ class _DownStream:
             if self.out:
                 self.end_pending = True
             else:
-                with contextlib.suppress(h2.exceptions.ProtocolError):
+                with contextlib.suppress(hs.H2ProtocolError):
                     session.end_stream(self.sid)
                 self._response_end()
         self.writer.kick()
@@ -151,7 +149,7 @@ class _DownStream:
         if self.out:
             self.trailers_pending = trailers
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(hs.H2ProtocolError):
             self.server.session.send_headers(self.sid, trailers, True)
         self.writer.kick()
         self._response_end()
@@ -162,7 +160,7 @@ class _DownStream:
         reset before trailers as INTERNAL / UNAVAILABLE either way."""
         if self.closed:
             return
-        self.server.session.reset(self.sid, ErrorCodes.NO_ERROR)
+        self.server.session.reset(self.sid, w.NO_ERROR)
         self.writer.kick()
         self._close()
 
@@ -205,7 +203,7 @@ class _DownStream:
             if self.stream.response_flow is not None:
                 self.stream.response_flow.resume_reading()
         if not out and (self.trailers_pending is not None or self.end_pending):
-            with contextlib.suppress(h2.exceptions.ProtocolError):
+            with contextlib.suppress(hs.H2ProtocolError):
                 if self.trailers_pending is not None:
                     session.send_headers(self.sid, self.trailers_pending, True)
                 else:
@@ -220,7 +218,7 @@ class _DownStream:
         self.response_done = True
         if not self.request_done:
             # RFC 9113 §8.1: a complete response may precede the request's end; tell the client to stop.
-            self.server.session.reset(self.sid, ErrorCodes.NO_ERROR)
+            self.server.session.reset(self.sid, w.NO_ERROR)
         self._close()
 
     def _close(self) -> None:
@@ -343,7 +341,7 @@ class Http2ServerProtocol(asyncio.Protocol):
     def _on_request(self, sid: int, raw: hs.RawHeaders, end: bool) -> None:
         head = request_head(raw)
         if head is None:
-            self.session.reset(sid, ErrorCodes.PROTOCOL_ERROR)  # malformed: this stream only
+            self.session.reset(sid, w.PROTOCOL_ERROR)  # malformed: this stream only
             return
         assert self._info is not None
         ds = _DownStream(self, sid, end)

@@ -23,6 +23,8 @@ FULL = {field: i + 1 for i, field in reversed(list(enumerate(_STATIC)))}  # firs
 NAME = {name: i + 1 for i, (name, _) in reversed(list(enumerate(_STATIC)))}
 SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 CACHE_LIMIT = 512
+# Values new on every message: caching them only churns the cache (and clears it every 512 requests).
+UNCACHED = frozenset({b"x-request-id", b"traceparent", b"tracestate", b"x-b3-traceid", b"x-b3-spanid"})
 TABLE_SIZE_ZERO = b"\x20"  # §6.3: 001 prefix, size 0
 
 
@@ -76,19 +78,20 @@ class StaticEncoder:
         self._size_update = True
 
     def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
-        cache = self._cache
-        parts = []
+        """One block; each field is a cache lookup keyed by the field tuple itself."""
+        get = self._cache.get
+        parts = [get(field) or self._miss(field) for field in headers]
         if self._size_update:
             self._size_update = False
-            parts.append(TABLE_SIZE_ZERO)
-        for field in headers:
-            name, value = field[0], field[1]
-            key = (name, value)
-            encoded = cache.get(key)
-            if encoded is None:
-                encoded = encode_field(name, value)
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()  # per-request values (x-request-id) must not grow it without bound
-                cache[key] = encoded
-            parts.append(encoded)
+            parts.insert(0, TABLE_SIZE_ZERO)
         return b"".join(parts)
+
+    def _miss(self, field: tuple[bytes, bytes]) -> bytes:
+        cache = self._cache
+        encoded = encode_field(field[0], field[1])
+        if field[0] in UNCACHED:
+            return encoded
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()  # per-request values (x-request-id) must not grow it without bound
+        cache[(field[0], field[1])] = encoded
+        return encoded
