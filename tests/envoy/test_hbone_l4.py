@@ -16,6 +16,7 @@ import pytest
 from tests.envoy.conftest import Issue
 from tests.support.envoy import EnvoyProcess, hbone_originate, hbone_terminate
 from tests.support.envoy.backends import start_tcp_echo
+from tests.support.envoy.configs import Config
 
 SERVER_IP = "127.0.7.3"
 CLIENT_IP = "127.0.7.1"
@@ -28,6 +29,14 @@ async def echo_server() -> AsyncIterator[int]:
     yield server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
+
+
+def _originate_to_echo(echo_port: int, issue: Issue) -> Config:
+    """The client-side Envoy: a TCP listener tunnelling to the echo server through SERVER_IP:15008,
+    expecting the server to prove SERVER_ID."""
+    return hbone_originate(
+        (CLIENT_IP, 0), (SERVER_IP, 15008), f"{SERVER_IP}:{echo_port}", issue("default", "client"), SERVER_ID
+    )
 
 
 async def _round_trip(addr: tuple[str, int], payload: bytes) -> bytes:
@@ -55,13 +64,7 @@ async def test_envoy_originate_to_envoy_terminate_carries_bytes_exactly(
     terminate = hbone_terminate(
         (SERVER_IP, 15008), issue("default", "server"), "authority" if forward == "authority" else target
     )
-    originate = hbone_originate(
-        (CLIENT_IP, 0),
-        (SERVER_IP, 15008),
-        f"{SERVER_IP}:{echo_server}",
-        issue("default", "client"),
-        SERVER_ID,
-    )
+    originate = _originate_to_echo(echo_server, issue)
     with (
         EnvoyProcess(terminate, tmp_path, "terminate") as server,
         EnvoyProcess(originate, tmp_path, "originate") as client,
@@ -82,13 +85,7 @@ async def test_envoy_originate_refuses_a_peer_with_another_identity(
 ) -> None:
     # facts §1.2 client side: the server's URI SAN must equal an expected identity.
     terminate = hbone_terminate((SERVER_IP, 15008), issue("default", "impostor"), "authority")
-    originate = hbone_originate(
-        (CLIENT_IP, 0),
-        (SERVER_IP, 15008),
-        f"{SERVER_IP}:{echo_server}",
-        issue("default", "client"),
-        SERVER_ID,
-    )
+    originate = _originate_to_echo(echo_server, issue)
     with (
         EnvoyProcess(terminate, tmp_path, "terminate"),
         EnvoyProcess(originate, tmp_path, "originate") as client,

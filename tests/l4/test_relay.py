@@ -9,16 +9,10 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
+from tests.support.wait import wait_for
 from waypoint.l4.relay import Relay
 
 HOST = "127.0.8.1"
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class Proxy:

@@ -11,8 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import httptools
-
+from tests.support.apps import HttpApp, write_chunked
 from waypoint.l7.chain import FilterChain
 from waypoint.l7.endpoints import RoundRobinPicker
 from waypoint.l7.filter import DownstreamInfo, Filter
@@ -48,39 +47,26 @@ class Backend:
         return UpstreamTarget("127.0.4.2", self.port, SVC)
 
 
-class _BackendProtocol(asyncio.Protocol):
+class _BackendProtocol(HttpApp):
     def __init__(self, backend: Backend) -> None:
+        super().__init__()
         self.b = backend
-        self.parser = httptools.HttpRequestParser(self)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t: asyncio.Transport = transport  # type: ignore[assignment]
-        self.b.connections += 1
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.t.close()
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.n = 0
         self.body: list[bytes] = []
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.b.connections += 1
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode().lower()] = value.decode()
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.body = []
 
     def on_headers_complete(self) -> None:
         if self.headers.get("expect", "").lower() == "100-continue":
             self.t.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        self.n += len(body)
+        super().on_body(body)
         if self.n <= 1 << 20:
             self.body.append(body)
 
@@ -131,17 +117,9 @@ class _BackendProtocol(asyncio.Protocol):
             self.t.close()
 
     async def download(self, total: int) -> None:
-        """A chunked response of ``total`` bytes, written with backpressure (drain by polling the buffer)."""
+        """A chunked response of ``total`` bytes, written with backpressure."""
         self.t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        chunk = b"x" * 65536
-        sent = 0
-        while sent < total:
-            n = min(len(chunk), total - sent)
-            self.t.write(b"%x\r\n%b\r\n" % (n, chunk[:n]))
-            sent += n
-            while self.t.get_write_buffer_size() > 1 << 20:
-                await asyncio.sleep(0.001)
-        self.t.write(b"0\r\n\r\n")
+        await write_chunked(self.t, total, b"x" * 65536)
 
 
 async def start_backend(name: str = "b1", host: str = "127.0.4.2") -> Backend:
@@ -198,13 +176,3 @@ async def run_proxy(
     finally:
         server.close()
         pool.close()
-
-
-async def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    """Wait on a condition with a deadline (never sleep-and-hope)."""
-    assert callable(predicate)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)

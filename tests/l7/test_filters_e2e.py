@@ -7,6 +7,7 @@ import asyncio
 import httpx
 
 from tests.l7.helpers import SVC, run_proxy, start_backend
+from tests.support.wait import wait_for
 from waypoint.l7.filter import CONTINUE, STOP, Filter, LocalReply, RequestContext, Result
 from waypoint.l7.filters.forwarded import Forwarded
 from waypoint.l7.filters.headers import HeaderManipulation
@@ -63,7 +64,6 @@ async def test_request_filters_in_order_response_filters_reversed() -> None:
 
 
 async def wait_done(log: list[str]) -> None:
-    from tests.l7.helpers import wait_for
 
     await wait_for(lambda: "done:A" in log)
 

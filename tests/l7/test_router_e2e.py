@@ -6,7 +6,8 @@ import socket
 
 import httpx
 
-from tests.l7.helpers import SVC, FixedResolver, forward, run_proxy, start_backend, wait_for
+from tests.l7.helpers import SVC, FixedResolver, forward, run_proxy, start_backend
+from tests.support.wait import wait_for
 from waypoint.l7.routing.decision import DecisionKind, HeaderMutation, RetryPolicy, RouteDecision, ServiceRef
 from waypoint.l7.upstream import UpstreamTarget
 

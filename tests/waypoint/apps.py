@@ -12,9 +12,8 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import httptools
+from tests.support.apps import HttpApp, write_chunked
 
 
 @dataclass
@@ -51,31 +50,20 @@ class EchoApp:
         return [s.path for s in self.seen]
 
 
-class _EchoProtocol(asyncio.Protocol):
+class _EchoProtocol(HttpApp):
     def __init__(self, app: EchoApp) -> None:
+        super().__init__()
         self.app = app
-        self.parser = httptools.HttpRequestParser(self)
-        self.t: Any = None
         self.peer = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport
-        self.peer = transport.get_extra_info("peername")[0]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.t.close()
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.n = 0
         self.digest = hashlib.sha256()
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.peer = transport.get_extra_info("peername")[0]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.digest = hashlib.sha256()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode().lower()
@@ -83,7 +71,7 @@ class _EchoProtocol(asyncio.Protocol):
         self.headers[key] = value.decode() if old is None else f"{old},{value.decode()}"
 
     def on_body(self, body: bytes) -> None:
-        self.n += len(body)
+        super().on_body(body)
         self.digest.update(body)
 
     def on_message_complete(self) -> None:
@@ -123,33 +111,12 @@ class _EchoProtocol(asyncio.Protocol):
         self._send(200, json.dumps(answer).encode())
 
     async def download(self, total: int) -> None:
-        """``total`` bytes, chunked, written with backpressure (polling the write buffer)."""
+        """``total`` bytes, chunked, written with backpressure."""
         self.t.write(b"HTTP/1.1 200 OK\r\nx-pod: %s\r\ntransfer-encoding: chunked\r\n\r\n" % self.app.pod.encode())
-        chunk = bytes(range(256)) * 256
-        sent = 0
-        while sent < total:
-            if self.t.is_closing():
-                return
-            n = min(len(chunk), total - sent)
-            self.t.write(b"%x\r\n%b\r\n" % (n, chunk[:n]))
-            sent += n
-            while self.t.get_write_buffer_size() > 1 << 20 and not self.t.is_closing():
-                await asyncio.sleep(0.002)
-        self.t.write(b"0\r\n\r\n")
+        await write_chunked(self.t, total, bytes(range(256)) * 256)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
 
 
 async def server_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -6,7 +6,6 @@ started by the tests on their 127.N.12.x addresses (see manifests.py).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,14 +52,6 @@ class RunningMesh:
 
 
 MeshFactory = Callable[..., Awaitable[RunningMesh]]
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"{what} not met in {timeout}s"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

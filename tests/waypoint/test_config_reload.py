@@ -8,9 +8,11 @@ import asyncio
 
 import pytest
 
+from tests.support.wait import wait_for
+
 from . import manifests as m
 from .apps import EchoApp
-from .conftest import MeshFactory, wait_for
+from .conftest import MeshFactory
 
 pytestmark = pytest.mark.timeout(60)
 

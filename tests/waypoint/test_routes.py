@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.wait import wait_for
+
 from . import manifests as m
 from .apps import EchoApp
-from .conftest import MeshFactory, RunningMesh, wait_for
+from .conftest import MeshFactory, RunningMesh
 
 pytestmark = pytest.mark.timeout(60)
 URL = f"http://{m.ECHO_VIP}"

@@ -9,8 +9,10 @@ import asyncio
 
 import pytest
 
+from tests.support.apps import tcp_echo
+
 from . import manifests as m
-from .apps import EchoApp, serve, server_first, tcp_echo
+from .apps import EchoApp, serve, server_first
 from .clients import socks5_open
 from .conftest import IdentityProbe, MeshFactory, RunningMesh
 

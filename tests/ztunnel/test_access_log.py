@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.wait import wait_for
+
 from .mesh import CLIENT_IP, socks5_connect
-from .test_e2e import App, exchange, wait_for
+from .test_e2e import App, exchange
 
 
 async def test_connection_complete_logs_both_identities(make_role: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -6,13 +6,12 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.wait import wait_for
 from waypoint.errors import TunnelError
 from waypoint.hbone.pool import HbonePool, PoolKey
 from waypoint.identity import tls
@@ -20,16 +19,9 @@ from waypoint.roles.ztunnel import ZtunnelRole
 from waypoint.testing.certs import identity, workload_cert
 
 from .mesh import CLIENT_IP, ECHO_VIP, EMPTY_VIP, OUTSIDE_IP, SERVER_IP, SERVER_PORT, socks5_connect
+from .test_telemetry import samples
 
 MiB = 1 << 20
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class App:
@@ -46,26 +38,13 @@ class App:
         self.peers.append(writer.get_extra_info("peername")[0])
 
         async def send() -> None:
-            digest = hashlib.sha256()
-            rng = random.Random(2)
-            left = self.size
-            while left:
-                chunk = rng.randbytes(min(MiB, left))
-                digest.update(chunk)
-                writer.write(chunk)
-                await writer.drain()
-                left -= len(chunk)
-            writer.write_eof()
-            self.sent_digest = digest.digest()
+            self.sent_digest = await send_random(writer, self.size, seed=2)
 
         sender = asyncio.get_running_loop().create_task(send())
-        digest, n = hashlib.sha256(), 0
         try:
-            while chunk := await reader.read(MiB):
-                digest.update(chunk)
-                n += len(chunk)
+            received = await read_to_eof(reader)
             await sender
-            self.received.append((n, digest.digest()))
+            self.received.append(received)
         except (ConnectionError, asyncio.CancelledError):
             sender.cancel()
         finally:
@@ -80,39 +59,42 @@ class App:
         await self.server.wait_closed()
 
 
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> tuple[bytes, int, bytes]:
-    """Send ``size`` random bytes then EOF while reading to EOF; (sent digest, received n, received digest)."""
+async def send_random(writer: asyncio.StreamWriter, size: int, seed: int) -> bytes:
+    """Send ``size`` bytes from a seeded generator, then EOF; the SHA-256 of what was sent."""
+    digest = hashlib.sha256()
+    rng = random.Random(seed)
+    left = size
+    while left:
+        chunk = rng.randbytes(min(MiB, left))
+        digest.update(chunk)
+        writer.write(chunk)
+        await writer.drain()
+        left -= len(chunk)
+    writer.write_eof()
+    return digest.digest()
 
-    async def send() -> bytes:
-        digest = hashlib.sha256()
-        rng = random.Random(1)
-        left = size
-        while left:
-            chunk = rng.randbytes(min(MiB, left))
-            digest.update(chunk)
-            writer.write(chunk)
-            await writer.drain()
-            left -= len(chunk)
-        writer.write_eof()
-        return digest.digest()
 
-    sender = asyncio.get_running_loop().create_task(send())
+async def read_to_eof(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read until EOF: (bytes read, their SHA-256)."""
     digest, n = hashlib.sha256(), 0
     while chunk := await reader.read(MiB):
         digest.update(chunk)
         n += len(chunk)
-    return await sender, n, digest.digest()
+    return n, digest.digest()
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> tuple[bytes, int, bytes]:
+    """Send ``size`` random bytes then EOF while reading to EOF; (sent digest, received n, received digest)."""
+    sender = asyncio.get_running_loop().create_task(send_random(writer, size, seed=1))
+    n, digest = await read_to_eof(reader)
+    return await sender, n, digest
 
 
 async def scrape(role: ZtunnelRole) -> dict[str, list[tuple[dict[str, str], float]]]:
     host, port = role.addresses["metrics"]
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://{host}:{port}/metrics")).text
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
+    return samples(text)
 
 
 def fds() -> int:

@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.wait import wait_for
 from waypoint.mesh.folder import FolderSource
 
 from .mesh import CLIENT_IP, SERVER_IP, SERVER_PORT, pod, socks5_connect
-from .test_e2e import App, wait_for
+from .test_e2e import App
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography import x509
 
+from tests.support.wait import wait_for
 from waypoint.hbone.pool import HbonePool, PoolKey
 from waypoint.identity import tls
 from waypoint.identity.certs import FileCertificateSource
@@ -19,7 +20,6 @@ from waypoint.testing.certs import dev_ca, identity, workload_cert
 
 from .conftest import settings
 from .mesh import SERVER_IP, SERVER_PORT
-from .test_e2e import wait_for
 
 ECHO = identity("default", "echo")
 

@@ -58,6 +58,36 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, not_before: datetime, lifetime: timedelta
+) -> x509.CertificateBuilder:
+    """What every certificate here starts from: names, public key, a random serial, validity."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + lifetime)
+    )
+
+
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a workload leaf signs and enciphers keys (as istiod's do)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=not ca,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _ca_cert(
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
@@ -69,28 +99,9 @@ def _ca_cert(
     sign_key = key if issuer is None else issuer.key
     issuer_name = subject if issuer is None else issuer.cert.subject
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + lifetime)
+        _builder(subject, issuer_name, key, not_before, lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if issuer is not None:
@@ -176,33 +187,14 @@ class DevCA:
         signer = self._intermediate or self._root
         key = _new_key()
         leaf = (
-            x509.CertificateBuilder()
             # Istio's workload certificates have an empty subject; the identity is the SAN,
             # which is then critical (RFC 5280 §4.2.1.6).
-            .subject_name(x509.Name([]))
-            .issuer_name(signer.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + lifetime)
+            _builder(x509.Name([]), signer.cert.subject, key, start, lifetime)
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,

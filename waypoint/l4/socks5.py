@@ -214,10 +214,6 @@ class Socks5Connect:
         self.peername: tuple[str, int] = transport.get_extra_info("peername")[:2]
         self.sockname: tuple[str, int] = transport.get_extra_info("sockname")[:2]
 
-    @property
-    def client_gone(self) -> bool:
-        return self._protocol.lost
-
     def succeed(self, relay: Relay, bound: tuple[str, int] = ("0.0.0.0", 0)) -> bool:
         """Send REP 0x00 and splice the client into ``relay`` (its downstream side).
 

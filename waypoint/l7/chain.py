@@ -18,9 +18,8 @@ from typing import Any, Protocol
 
 from waypoint.l7.filter import CONTINUE, STOP, Filter, LocalReply, RequestContext, Result
 from waypoint.l7.flow import HELD, CorkedWriter, RelayPeer
-from waypoint.l7.message import HeaderList, ResponseHead, is_grpc
+from waypoint.l7.message import DATA, HEADERS, TRAILERS, HeaderList, ResponseHead, is_grpc
 
-_HEADERS, _DATA, _TRAILERS = 0, 1, 2
 _Event = tuple[int, Any, bool]
 
 
@@ -103,13 +102,13 @@ class Stream:
 
     # ---- request side (from the codec) ----
     def decode_headers(self, head: Any, end_stream: bool) -> None:
-        self._decode((_HEADERS, head, end_stream))
+        self._decode((HEADERS, head, end_stream))
 
     def decode_data(self, chunk: bytes, end_stream: bool) -> None:
-        self._decode((_DATA, chunk, end_stream))
+        self._decode((DATA, chunk, end_stream))
 
     def decode_trailers(self, trailers: HeaderList) -> None:
-        self._decode((_TRAILERS, trailers, True))
+        self._decode((TRAILERS, trailers, True))
 
     def _decode(self, ev: _Event) -> None:
         if self._local or self.done:
@@ -127,9 +126,9 @@ class Stream:
         r: Result
         for j in range(i, len(filters)):
             f = filters[j]
-            if kind == _DATA:
+            if kind == DATA:
                 r = f.on_request_data(ctx, payload, end)
-            elif kind == _HEADERS:
+            elif kind == HEADERS:
                 r = f.on_request_headers(ctx, payload, end)
             else:
                 r = f.on_request_trailers(ctx, payload)
@@ -145,15 +144,15 @@ class Stream:
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
         if not self._local:
             self.ctx.response = head
-            self._encode((_HEADERS, head, end_stream))
+            self._encode((HEADERS, head, end_stream))
 
     def encode_data(self, chunk: bytes, end_stream: bool) -> None:
         if not self._local:
-            self._encode((_DATA, chunk, end_stream))
+            self._encode((DATA, chunk, end_stream))
 
     def encode_trailers(self, trailers: HeaderList) -> None:
         if not self._local:
-            self._encode((_TRAILERS, trailers, True))
+            self._encode((TRAILERS, trailers, True))
 
     def encode_informational(self, head: ResponseHead) -> None:
         """1xx (``100 Continue``) goes straight to the codec, as Envoy's ``encode1xxHeaders`` default."""
@@ -177,9 +176,9 @@ class Stream:
         r: Result
         for j in range(i, -1, -1):
             f = filters[j]
-            if kind == _DATA:
+            if kind == DATA:
                 r = f.on_response_data(ctx, payload, end)
-            elif kind == _HEADERS:
+            elif kind == HEADERS:
                 r = f.on_response_headers(ctx, payload, end)
             else:
                 r = f.on_response_trailers(ctx, payload)
@@ -191,9 +190,9 @@ class Stream:
                 self._local_reply(r, j)  # type: ignore[arg-type]
             return
         sink = self.sink
-        if kind == _DATA:
+        if kind == DATA:
             sink.send_response_data(payload, end)
-        elif kind == _HEADERS:
+        elif kind == HEADERS:
             self._sent_headers = True
             sink.send_response_headers(payload, end)
         else:
@@ -251,9 +250,9 @@ class Stream:
         head, body = render_local_reply(reply, is_grpc(self.ctx.request.headers))
         self.ctx.response = head
         self._resp_top = index - 1
-        self._encode_from(index - 1, (_HEADERS, head, not body))
+        self._encode_from(index - 1, (HEADERS, head, not body))
         if body:
-            ev = (_DATA, body, True)
+            ev = (DATA, body, True)
             if self._resp_stop is not None:
                 self._resp_queue.append(ev)
             else:

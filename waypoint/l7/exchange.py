@@ -13,17 +13,15 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from waypoint.l7.filter import LocalReply, RequestContext
-from waypoint.l7.flow import PEER_FULL, CorkedWriter
-from waypoint.l7.h1_client import Http1Connection
-from waypoint.l7.message import HeaderList, RequestHead, ResponseHead, apply_mutation
+from waypoint.l7.flow import PEER_FULL, CorkedWriter, RelayPeer
+from waypoint.l7.message import DATA, HeaderList, RequestHead, ResponseHead, apply_mutation
+from waypoint.l7.mirror import MirrorExchange
 from waypoint.l7.routing.decision import RouteDecision
-from waypoint.l7.upstream import UpstreamTarget
+from waypoint.l7.upstream import UpstreamConnection, UpstreamTarget
 
 if TYPE_CHECKING:
     from waypoint.l7.chain import Stream
     from waypoint.l7.router import Router
-
-_HEADERS, _DATA, _TRAILERS = 0, 1, 2
 
 # Envoy's local reply bodies (source/common/router/router.cc).
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
@@ -47,6 +45,7 @@ class UpstreamExchange:
         "_backend_timer",
         "_pending",
         "_pending_bytes",
+        "_relayed",
         "_replay",
         "_replay_bytes",
         "_request_timer",
@@ -82,11 +81,11 @@ class UpstreamExchange:
         self.head = head
         self.target = target
         self.decision = decision
-        self.conn: Http1Connection | None = None
+        self.conn: UpstreamConnection | None = None
         self.request_done = end_stream
         self.response_started = False
         self.finished = False
-        self.mirrors: list[Any] = []
+        self.mirrors: list[MirrorExchange] = []
         self._pending: list[tuple[int, Any, bool]] = []
         self._pending_bytes = 0
         retry = decision.retry
@@ -94,6 +93,7 @@ class UpstreamExchange:
         self._replay: list[tuple[int, Any, bool]] | None = [] if self._retries_left > 0 else None
         self._replay_bytes = 0
         self._retried = False
+        self._relayed = False  # after a 101 the byte relay owns the connection, not this exchange
         self._request_timer: asyncio.TimerHandle | None = None
         self._backend_timer: asyncio.TimerHandle | None = None
 
@@ -120,7 +120,7 @@ class UpstreamExchange:
             return
         self._attach(conn, in_read=False)
 
-    def _attach(self, conn: Http1Connection, in_read: bool) -> None:
+    def _attach(self, conn: UpstreamConnection, in_read: bool) -> None:
         self.conn = conn
         self.stream.response_flow = conn
         writer = conn.writer
@@ -135,7 +135,7 @@ class UpstreamExchange:
             self._pending = []
             self._pending_bytes = 0
             for kind, payload, end in pending:
-                if kind == _DATA:
+                if kind == DATA:
                     conn.send_request_data(payload, end)
                 else:
                     conn.send_request_trailers(payload)
@@ -192,7 +192,7 @@ class UpstreamExchange:
             return
         replay = self._replay
         if replay is not None:
-            if kind == _DATA:
+            if kind == DATA:
                 self._replay_bytes += len(payload)
             if self._replay_bytes > self.router.replay_limit:
                 self._replay = None  # too big to replay: no more retries for this request
@@ -202,13 +202,13 @@ class UpstreamExchange:
             m.send(kind, payload, end_stream)
         conn = self.conn
         if conn is not None:
-            if kind == _DATA:
+            if kind == DATA:
                 conn.send_request_data(payload, end_stream)
             else:
                 conn.send_request_trailers(payload)
         else:
             self._pending.append((kind, payload, end_stream))
-            if kind == _DATA:
+            if kind == DATA:
                 self._pending_bytes += len(payload)
                 if self._pending_bytes > self.router.pending_limit:
                     self.stream.sink.pause_request_body(PEER_FULL)
@@ -266,14 +266,15 @@ class UpstreamExchange:
         self._finish(release=True)
         self.stream.encode_trailers(trailers)
 
-    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
+    def on_upgraded(self, head: ResponseHead, upstream: RelayPeer, rest: bytes) -> None:
         conn = self.conn
         self.response_started = True
         self.stream.encode_headers(head, False)
         if conn is None or conn.closed:
             return
-        down = self.stream.sink.start_relay(conn)
+        down = self.stream.sink.start_relay(upstream)
         conn.start_relay(down)
+        self._relayed = True
         if rest:
             down.relay_write(rest)
 
@@ -315,6 +316,6 @@ class UpstreamExchange:
 
     def abort(self) -> None:
         """The downstream stream ended first (reset, or a local reply replaced the response)."""
-        if self.conn is not None and self.conn._relay is not None:  # upgraded: the relay owns it now
+        if self._relayed:  # upgraded: the relay owns the connection now, and closes it
             self.conn = None
         self._finish(release=False)

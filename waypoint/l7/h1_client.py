@@ -1,8 +1,9 @@
 """HTTP/1.1 toward an endpoint: one persistent connection, one request at a time.
 
 An ``asyncio.Protocol`` with ``httptools.HttpResponseParser`` callbacks (llhttp; 3.7x cheaper than
-h11, envoy-peer.md). The exchange that owns the current request is the :class:`ResponseHandler`;
-between requests the connection sits idle in the pool. The connection is reusable only if the
+h11, envoy-peer.md). It is an :class:`~waypoint.l7.upstream.UpstreamConnection`; the exchange that
+owns the current request is its :class:`~waypoint.l7.upstream.ResponseHandler`, and between
+requests the connection sits idle in the pool. The connection is reusable only if the
 request was fully sent, the response fully read, and neither side said ``Connection: close``.
 """
 
@@ -10,33 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
 
 import httptools
 
 from waypoint.l7.flow import CorkedWriter, RelayPeer
+from waypoint.l7.h1_framing import NO_BODY_STATUS, content_length, has_content_length, write_body, write_trailers
 from waypoint.l7.message import HOP_BY_HOP, HeaderList, RequestHead, ResponseHead, header_lines
-
-_NO_BODY_STATUS = frozenset({204, 304})
-
-
-class ResponseHandler(Protocol):
-    """Receives what the endpoint answers to the request in flight."""
-
-    def on_informational(self, head: ResponseHead) -> None: ...
-    def on_response_headers(self, head: ResponseHead, end_stream: bool) -> None: ...
-    def on_response_data(self, chunk: bytes, end_stream: bool) -> None: ...
-    def on_response_trailers(self, trailers: HeaderList) -> None: ...
-    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None: ...
-    def on_upstream_reset(self, before_headers: bool, reason: str) -> None: ...
-    def on_upstream_writable(self, writable: bool) -> None: ...
-
-    @property
-    def downstream_writer(self) -> CorkedWriter | None:
-        """Corked while a read from the endpoint is parsed, so one read leaves in one write."""
+from waypoint.l7.upstream import ResponseHandler as ResponseHandler  # re-exported: h2_client imports it here
 
 
 def encode_request_head(head: RequestHead, chunked: bool) -> bytes:
+    """Request line, ``host``, the filtered headers and our own framing headers, ending the head."""
     start = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (head.method.encode(), head.path.encode(), head.authority.encode())
     if head.upgrade is not None:
         framing = b"connection: upgrade\r\nupgrade: " + head.upgrade.encode() + b"\r\n\r\n"
@@ -142,26 +127,19 @@ class Http1Connection(asyncio.Protocol):
         self._response_done = False
         self._started = False
         self._head_request = head.method == "HEAD"
-        self._chunked = not end_stream and head.upgrade is None and not _has_length(head.headers)
+        self._chunked = not end_stream and head.upgrade is None and not has_content_length(head.headers)
         assert self.writer is not None
         self.writer.write(encode_request_head(head, self._chunked))
 
     def send_request_data(self, chunk: bytes, end_stream: bool) -> None:
         assert self.writer is not None
-        if self._chunked:
-            if chunk:
-                self.writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            if end_stream:
-                self.writer.write(b"0\r\n\r\n")
-        elif chunk:
-            self.writer.write(chunk)
+        write_body(self.writer, self._chunked, chunk, end_stream)
         if end_stream:
             self._request_done = True
 
     def send_request_trailers(self, trailers: HeaderList) -> None:
         assert self.writer is not None
-        if self._chunked:
-            self.writer.write(b"0\r\n" + header_lines(trailers) + b"\r\n")
+        write_trailers(self.writer, self._chunked, trailers)
         self._request_done = True
 
     @property
@@ -246,9 +224,9 @@ class Http1Connection(asyncio.Protocol):
                     handler.on_informational(head)
             return
         self._started = True
-        end = self._head_request or status in _NO_BODY_STATUS
+        end = self._head_request or status in NO_BODY_STATUS
         if not end:
-            length = _content_length(self._headers)
+            length = content_length(self._headers)
             end = length == 0
             self._until_close = length is None and not self._chunked_response
         if self._parser.get_http_version() == "1.0" and not self._parser.should_keep_alive():
@@ -291,7 +269,7 @@ class Http1Connection(asyncio.Protocol):
         self._started = True
         self._response_done = True
         self._keep_alive = False
-        handler.on_upgraded(head, rest)
+        handler.on_upgraded(head, self, rest)
 
     def _fail(self, reason: str) -> None:
         handler, self.handler = self.handler, None
@@ -300,16 +278,3 @@ class Http1Connection(asyncio.Protocol):
             handler.on_upstream_reset(not self._started, reason)
         self.close()
 
-
-def _has_length(headers: HeaderList) -> bool:
-    return any(n == b"content-length" for n, _ in headers)
-
-
-def _content_length(headers: HeaderList) -> int | None:
-    for n, v in headers:
-        if n == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return None
-    return None

@@ -5,7 +5,8 @@ implements ``asyncio.Transport``). ``httptools.HttpRequestParser`` callbacks tur
 events; nothing per request creates a Task. Requests are answered in order: a pipelined request
 waits (reading paused) until the one before it is answered, as Envoy's HTTP/1 codec does. Bodies
 stream chunk by chunk with backpressure both ways, and after a ``101`` the connection becomes an
-opaque relay to the upstream connection.
+opaque relay to the upstream connection. Each request's response is written by its
+:class:`~waypoint.l7.h1_response.ResponseWriter`.
 """
 
 from __future__ import annotations
@@ -15,138 +16,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from http import HTTPStatus
-from typing import Any
 
 import httptools
 
-from waypoint.l7.chain import FilterChain, Stream
+from waypoint.l7.chain import FilterChain
 from waypoint.l7.filter import DownstreamInfo, RequestContext
 from waypoint.l7.flow import PEER_FULL, PIPELINE, CorkedWriter, ReadPauser, RelayPeer
-from waypoint.l7.message import HOP_BY_HOP, HeaderList, RequestHead, ResponseHead, header_lines
+from waypoint.l7.h1_response import ResponseWriter
+from waypoint.l7.message import DATA, HEADERS, HOP_BY_HOP, TRAILERS, HeaderList, RequestHead
 
-_HEADERS, _DATA, _TRAILERS = 0, 1, 2
-_STATUS_LINE = {s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus}
-_NO_BODY_STATUS = frozenset({204, 304})
 # Envoy's answer to a request its HTTP/1 codec cannot parse (response code details http1.codec_error).
 BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\n"
     b"connection: close\r\n\r\nBad Request"
 )
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINE.get(status)
-    return line if line is not None else b"HTTP/1.1 %d Unknown" % status
-
-
-class _Exchange:
-    """One request on the connection: the chain's :class:`DownstreamSink`."""
-
-    __slots__ = (
-        "chunked",
-        "close",
-        "end_at_headers",
-        "head_request",
-        "inbox",
-        "request_done",
-        "response_done",
-        "server",
-        "stream",
-        "upgrade",
-        "writer",
-    )
-
-    def __init__(self, server: Http1ServerProtocol, keep_alive: bool, head_request: bool) -> None:
-        self.server = server
-        self.writer = server.writer
-        self.stream: Stream | None = None
-        self.inbox: list[tuple[int, Any, bool]] | None = None  # events of a request still waiting its turn
-        self.request_done = False
-        self.response_done = False
-        self.end_at_headers = False
-        self.chunked = False
-        self.close = not keep_alive
-        self.head_request = head_request
-        self.upgrade: str | None = None
-
-    def deliver(self, kind: int, payload: Any, end: bool) -> None:
-        if self.inbox is not None:
-            self.inbox.append((kind, payload, end))
-            return
-        stream = self.stream
-        assert stream is not None
-        if kind == _DATA:
-            stream.decode_data(payload, end)
-        elif kind == _HEADERS:
-            stream.decode_headers(payload, end)
-        else:
-            stream.decode_trailers(payload)
-
-    # ---- DownstreamSink ----
-    def send_informational(self, head: ResponseHead) -> None:
-        self.writer.write(_status_line(head.status) + b"\r\n" + header_lines(head.headers) + b"\r\n")
-
-    def send_response_headers(self, head: ResponseHead, end_stream: bool) -> None:
-        status = head.status
-        headers = head.headers
-        framing: list[bytes] = []
-        if status == 101:
-            framing += [b"connection: upgrade", b"upgrade: " + (self.upgrade or "").encode()]
-        else:
-            has_length = any(n == b"content-length" for n, _ in headers)
-            if end_stream:
-                if not has_length and status not in _NO_BODY_STATUS and not self.head_request:
-                    framing.append(b"content-length: 0")
-            elif not has_length:
-                if self.server.http10:
-                    self.close = True  # HTTP/1.0 client: the body ends when we close
-                else:
-                    self.chunked = True
-                    framing.append(b"transfer-encoding: chunked")
-            if self.close:
-                framing.append(b"connection: close")
-            elif self.server.http10:
-                framing.append(b"connection: keep-alive")
-        framing.append(b"\r\n")
-        self.writer.write(_status_line(status) + b"\r\n" + header_lines(headers) + b"\r\n".join(framing))
-        if end_stream:
-            self._response_end()
-
-    def send_response_data(self, chunk: bytes, end_stream: bool) -> None:
-        if self.chunked:
-            if chunk:
-                self.writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            if end_stream:
-                self.writer.write(b"0\r\n\r\n")
-        elif chunk:
-            self.writer.write(chunk)
-        if end_stream:
-            self._response_end()
-
-    def send_response_trailers(self, trailers: HeaderList) -> None:
-        if self.chunked:
-            self.writer.write(b"0\r\n" + header_lines(trailers) + b"\r\n")
-        self._response_end()
-
-    def reset(self) -> None:
-        self.server.abort()
-
-    def pause_request_body(self, reason: int) -> None:
-        self.server.pauser.pause(reason)
-
-    def resume_request_body(self, reason: int) -> None:
-        self.server.pauser.resume(reason)
-
-    def flush_later(self, writer: CorkedWriter) -> None:
-        self.server.flush_later(writer)
-
-    def start_relay(self, upstream: RelayPeer) -> RelayPeer:
-        return self.server.start_relay(upstream)
-
-    def _response_end(self) -> None:
-        self.response_done = True
-        self.server.exchange_progress(self)
 
 
 class Http1ServerProtocol(asyncio.Protocol):
@@ -159,8 +42,8 @@ class Http1ServerProtocol(asyncio.Protocol):
         self._info = info
         self._clock = clock
         self._parser = httptools.HttpRequestParser(self)
-        self._queue: deque[_Exchange] = deque()
-        self._parsing: _Exchange | None = None
+        self._queue: deque[ResponseWriter] = deque()
+        self._parsing: ResponseWriter | None = None
         self._flush: list[CorkedWriter] = []
         self._peer_writer: CorkedWriter | None = None
         self._in_read = False
@@ -286,7 +169,7 @@ class Http1ServerProtocol(asyncio.Protocol):
         upgrade = self._upgrade.decode("latin-1") if self._upgrade and parser.should_upgrade() else None
         head = RequestHead(method, self._url.decode("latin-1"), self._authority.decode("latin-1"), self._headers)
         head.upgrade = upgrade
-        ex = _Exchange(self, parser.should_keep_alive(), method == "HEAD")
+        ex = ResponseWriter(self, parser.should_keep_alive(), method == "HEAD")
         ex.upgrade = upgrade
         ex.end_at_headers = end = not self._body and upgrade is None
         assert self._info is not None
@@ -296,7 +179,7 @@ class Http1ServerProtocol(asyncio.Protocol):
         queue = self._queue
         queue.append(ex)
         if len(queue) > 1:
-            ex.inbox = [(_HEADERS, head, end)]
+            ex.inbox = [(HEADERS, head, end)]
             self.pauser.pause(PIPELINE)
         else:
             ex.stream.decode_headers(head, end)
@@ -304,22 +187,22 @@ class Http1ServerProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self._parsing
         if ex is not None:
-            ex.deliver(_DATA, body, False)
+            ex.deliver(DATA, body, False)
 
     def on_message_complete(self) -> None:
         ex, self._parsing = self._parsing, None
         if ex is None or ex.upgrade is not None:
             return  # an upgrade request's "body" is the relay that may follow
         if self._trailers:
-            ex.deliver(_TRAILERS, self._trailers, True)
+            ex.deliver(TRAILERS, self._trailers, True)
         elif not ex.end_at_headers:
-            ex.deliver(_DATA, b"", True)
+            ex.deliver(DATA, b"", True)
         ex.request_done = True
         if ex.response_done:
             self.exchange_progress(ex)
 
     # ---- lifecycle ----
-    def exchange_progress(self, ex: _Exchange) -> None:
+    def exchange_progress(self, ex: ResponseWriter) -> None:
         """Called when a request or its response ends; moves on once both have."""
         if not ex.response_done:
             return

@@ -65,7 +65,6 @@ class H2UpstreamStream:
         "unacked",
     )
 
-    _relay: RelayPeer | None = None  # never upgraded (exchange.abort reads it)
     requests = 1
 
     def __init__(self, conn: H2ClientConnection) -> None:

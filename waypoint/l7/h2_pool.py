@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from waypoint.l7 import h2_session as hs
-from waypoint.l7.h1_client import Http1Connection
 from waypoint.l7.h2_client import H2ClientConnection, H2UpstreamStream
 from waypoint.l7.pool import UpstreamPool
-from waypoint.l7.upstream import Connector, UpstreamProtocol, UpstreamTarget
+from waypoint.l7.upstream import Connector, UpstreamConnection, UpstreamProtocol, UpstreamTarget
 
 
 class H2Pool:
@@ -106,21 +106,21 @@ class ProtocolPool(UpstreamPool):
     """The router's pool for mixed endpoints: HTTP/1.1 targets as before, h2c/gRPC targets
     (``UpstreamTarget.protocol`` HTTP2) as streams on shared HTTP/2 connections."""
 
-    def __init__(self, connector: Connector, *, h2: H2Pool | None = None, **kwargs: float) -> None:
-        super().__init__(connector, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, connector: Connector, *, h2: H2Pool | None = None, **kwargs: Any) -> None:
+        super().__init__(connector, **kwargs)
         self.h2 = h2 or H2Pool(connector)
 
-    def take_idle(self, target: UpstreamTarget) -> Http1Connection | None:
+    def take_idle(self, target: UpstreamTarget) -> UpstreamConnection | None:
         if target.protocol is UpstreamProtocol.HTTP2:
-            return self.h2.take_idle(target)  # type: ignore[return-value]
+            return self.h2.take_idle(target)
         return super().take_idle(target)
 
-    async def connect(self, target: UpstreamTarget) -> Http1Connection:
+    async def connect(self, target: UpstreamTarget) -> UpstreamConnection:
         if target.protocol is UpstreamProtocol.HTTP2:
-            return await self.h2.connect(target)  # type: ignore[return-value]
+            return await self.h2.connect(target)
         return await super().connect(target)
 
-    def release(self, conn: Http1Connection) -> None:
+    def release(self, conn: UpstreamConnection) -> None:
         if isinstance(conn, H2UpstreamStream):
             conn.release()
         else:

@@ -12,6 +12,11 @@ from waypoint.l7.routing.decision import HeaderMutation
 Header = tuple[bytes, bytes]
 HeaderList = list[Header]
 
+# What kind of event a queued or replayed piece of a message is: ``(kind, payload, end_stream)``
+# with the head, a body chunk, or the trailers as payload (the chain, the codecs and the router
+# queue events while a filter or a connection makes them wait).
+HEADERS, DATA, TRAILERS = 0, 1, 2
+
 # RFC 9110 §7.6.1 plus the legacy ones Envoy's HTTP/1 codec also drops (source/common/http/conn_manager_utility.cc).
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"upgrade", b"trailer"}

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from waypoint.l7.flow import CorkedWriter
-from waypoint.l7.h1_client import Http1Connection
-from waypoint.l7.message import HeaderList, RequestHead, ResponseHead
-from waypoint.l7.upstream import UpstreamTarget
+from waypoint.l7.flow import CorkedWriter, RelayPeer
+from waypoint.l7.message import DATA, HeaderList, RequestHead, ResponseHead
+from waypoint.l7.upstream import UpstreamConnection, UpstreamTarget
 
 if TYPE_CHECKING:
     from waypoint.l7.router import Router
-
-_DATA = 1
 
 
 def shadow_host(authority: str) -> str:
@@ -39,7 +36,7 @@ class MirrorExchange:
         self._target = target
         self._head = head.copy()
         self._head.authority = shadow_host(head.authority)
-        self._conn: Http1Connection | None = None
+        self._conn: UpstreamConnection | None = None
         self._pending: list[tuple[int, Any, bool]] = []
         self._buffered = 0
         self._dead = False
@@ -61,12 +58,12 @@ class MirrorExchange:
             return
         self._attach(conn)
 
-    def _attach(self, conn: Http1Connection) -> None:
+    def _attach(self, conn: UpstreamConnection) -> None:
         self._conn = conn
         pending, self._pending = self._pending, []
         conn.send_request_head(self, self._head, self._done_sending and not pending)
         for kind, payload, end in pending:
-            if kind == _DATA:
+            if kind == DATA:
                 conn.send_request_data(payload, end)
             else:
                 conn.send_request_trailers(payload)
@@ -76,13 +73,13 @@ class MirrorExchange:
             return
         conn = self._conn
         if conn is None:
-            if kind == _DATA:
+            if kind == DATA:
                 self._buffered += len(payload)
                 if self._buffered > self._router.replay_limit:
                     self._drop()
                     return
             self._pending.append((kind, payload, end_stream))
-        elif kind == _DATA:
+        elif kind == DATA:
             if conn.transport is not None and conn.transport.get_write_buffer_size() > self._router.replay_limit:
                 self._drop()  # the mirror is slower than the client: give it up
                 return
@@ -118,7 +115,7 @@ class MirrorExchange:
     def on_response_trailers(self, trailers: HeaderList) -> None:
         self._release()
 
-    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
+    def on_upgraded(self, head: ResponseHead, upstream: RelayPeer, rest: bytes) -> None:
         self._drop()
 
     def on_upstream_reset(self, before_headers: bool, reason: str) -> None:

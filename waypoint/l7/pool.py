@@ -15,20 +15,25 @@ import contextlib
 from collections import deque
 
 from waypoint.l7.h1_client import Http1Connection
-from waypoint.l7.upstream import Connector, UpstreamTarget
+from waypoint.l7.upstream import Connector, UpstreamConnection, UpstreamTarget
 
 
 class UpstreamPool:
-    """Idle HTTP/1.1 connections by endpoint, and the way to open more through the connector."""
+    """Idle HTTP/1.1 connections by endpoint, and the way to open more through the connector.
 
-    def __init__(self, connector: Connector, *, max_idle_per_endpoint: int = 1024, connect_timeout_s: float = 10.0):
+    Its callers see only :class:`UpstreamConnection`, so a subclass can also hand out streams on
+    shared HTTP/2 connections (``h2_pool.ProtocolPool``)."""
+
+    def __init__(
+        self, connector: Connector, *, max_idle_per_endpoint: int = 1024, connect_timeout_s: float = 10.0
+    ) -> None:
         self._connector = connector
         self._max_idle = max_idle_per_endpoint
         self._connect_timeout = connect_timeout_s
-        self._idle: dict[object, deque[Http1Connection]] = {}
+        self._idle: dict[object, deque[UpstreamConnection]] = {}
         self.opened = 0  # connections opened so far (a counter for tests and metrics)
 
-    def take_idle(self, target: UpstreamTarget) -> Http1Connection | None:
+    def take_idle(self, target: UpstreamTarget) -> UpstreamConnection | None:
         """An idle connection to ``target``, without waiting, or None."""
         idle = self._idle.get(target.key)
         while idle:
@@ -37,7 +42,7 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, target: UpstreamTarget) -> Http1Connection:
+    async def connect(self, target: UpstreamTarget) -> UpstreamConnection:
         """A new connection to ``target``; raises ``OSError`` or ``TimeoutError``."""
         key = target.key
         _, conn = await asyncio.wait_for(
@@ -47,7 +52,7 @@ class UpstreamPool:
         self.opened += 1
         return conn
 
-    def release(self, conn: Http1Connection) -> None:
+    def release(self, conn: UpstreamConnection) -> None:
         """Back to idle if it can carry another request, else closed."""
         conn.detach()
         if not conn.reusable:
@@ -62,7 +67,7 @@ class UpstreamPool:
     def idle_count(self, target: UpstreamTarget) -> int:
         return len(self._idle.get(target.key, ()))
 
-    def _forget(self, conn: Http1Connection) -> None:
+    def _forget(self, conn: UpstreamConnection) -> None:
         idle = self._idle.get(conn.key)
         if idle is not None:
             with contextlib.suppress(ValueError):

@@ -12,13 +12,11 @@ from typing import Protocol
 from waypoint.l7.endpoints import EndpointPicker
 from waypoint.l7.exchange import NO_HEALTHY_UPSTREAM, UpstreamExchange
 from waypoint.l7.filter import CONTINUE, Filter, LocalReply, RequestContext, Result
-from waypoint.l7.message import HeaderList, RequestHead, apply_mutation
+from waypoint.l7.message import DATA, TRAILERS, HeaderList, RequestHead, apply_mutation
 from waypoint.l7.mirror import MirrorExchange
 from waypoint.l7.pool import UpstreamPool
 from waypoint.l7.routing.decision import DecisionKind, RequestView, RouteDecision, ServiceRef
 from waypoint.l7.upstream import UpstreamTarget
-
-_DATA, _TRAILERS = 1, 2
 
 
 class RouteResolver(Protocol):
@@ -91,13 +89,13 @@ class Router(Filter):
     def on_request_data(self, ctx: RequestContext, chunk: bytes, end_stream: bool) -> Result:
         exchange = ctx.upstream
         if exchange is not None:
-            exchange.send(_DATA, chunk, end_stream)
+            exchange.send(DATA, chunk, end_stream)
         return CONTINUE
 
     def on_request_trailers(self, ctx: RequestContext, trailers: HeaderList) -> Result:
         exchange = ctx.upstream
         if exchange is not None:
-            exchange.send(_TRAILERS, trailers, True)
+            exchange.send(TRAILERS, trailers, True)
         return CONTINUE
 
     def on_stream_complete(self, ctx: RequestContext) -> None:

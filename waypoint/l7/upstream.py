@@ -1,8 +1,14 @@
-"""Where the router sends a request, and the seam that opens connections there.
+"""Where the router sends a request, the seam that opens connections there, and what a pooled
+connection offers the request that holds it.
 
 ``Connector`` is the one I/O seam upstream: in production it opens an HBONE tunnel to the endpoint
 pod through the pool (``waypoint/hbone``); :class:`TcpConnector` dials plain TCP (tests, and
 endpoints outside the mesh). Either way the result is an ``asyncio.Transport`` driving our protocol.
+
+:class:`UpstreamConnection` is the face the exchange, the mirror and the pool see of one request's
+way to the endpoint: an HTTP/1.1 connection (``h1_client.Http1Connection``) or one stream on a
+shared HTTP/2 connection (``h2_client.H2UpstreamStream``). What the endpoint answers goes to the
+:class:`ResponseHandler` given with the request head.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, TypeVar
 
+from waypoint.l7.flow import CorkedWriter, RelayPeer
+from waypoint.l7.message import HeaderList, RequestHead, ResponseHead
 from waypoint.l7.routing.decision import ServiceRef
 
 
@@ -39,6 +47,60 @@ class UpstreamTarget:
         return (self.address, self.port, self.protocol)
 
 
+class ResponseHandler(Protocol):
+    """Receives what the endpoint answers to the request in flight."""
+
+    def on_informational(self, head: ResponseHead) -> None: ...
+    def on_response_headers(self, head: ResponseHead, end_stream: bool) -> None: ...
+    def on_response_data(self, chunk: bytes, end_stream: bool) -> None: ...
+    def on_response_trailers(self, trailers: HeaderList) -> None: ...
+    def on_upgraded(self, head: ResponseHead, upstream: RelayPeer, rest: bytes) -> None:
+        """``101``: ``upstream`` is the connection's end of the byte relay; ``rest`` came after the head."""
+
+    def on_upstream_reset(self, before_headers: bool, reason: str) -> None: ...
+    def on_upstream_writable(self, writable: bool) -> None: ...
+
+    @property
+    def downstream_writer(self) -> CorkedWriter | None:
+        """Corked while a read from the endpoint is parsed, so one read leaves in one write."""
+
+
+class UpstreamConnection(Protocol):
+    """One request's way to an endpoint, owned by one exchange from ``send_request_head`` until
+    the pool takes it back (``release``) or the exchange closes it."""
+
+    @property
+    def key(self) -> object:
+        """What the pool files it under (``UpstreamTarget.key``)."""
+
+    @property
+    def writer(self) -> CorkedWriter | None:
+        """Corked by the exchange so a request's head and body leave in one write."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def reusable(self) -> bool:
+        """The pool may give it to another request (the last one completed cleanly both ways)."""
+
+    def send_request_head(self, handler: ResponseHandler, head: RequestHead, end_stream: bool) -> None: ...
+    def send_request_data(self, chunk: bytes, end_stream: bool) -> None: ...
+    def send_request_trailers(self, trailers: HeaderList) -> None: ...
+    def pause_reading(self) -> None:
+        """Stop reading the response while a response filter holds data (the chain's ``FlowSource``)."""
+
+    def resume_reading(self) -> None: ...
+    def start_relay(self, peer: RelayPeer) -> None:
+        """After ``101``: bytes from the endpoint go to ``peer`` unparsed."""
+
+    def detach(self) -> None:
+        """The exchange is done with it: forget the handler (and resume reading) before pooling."""
+
+    def close(self) -> None: ...
+
+
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
@@ -61,4 +123,4 @@ class TcpConnector:
         transport, protocol = await loop.create_connection(
             protocol_factory, target.address, target.port, local_addr=self._local
         )
-        return transport, protocol  # type: ignore[return-value]
+        return transport, protocol

@@ -27,7 +27,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _on_signal, stop, loop, sig)
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
         return await main(stop)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -35,7 +35,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     return 130
 
 
-def _on_signal(stop: asyncio.Event, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
     if stop.is_set():
         log.warning("second %s: exiting now", sig.name)
         raise SystemExit(1)

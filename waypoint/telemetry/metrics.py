@@ -147,29 +147,20 @@ class TcpMetrics:
     """Istio's TCP counters plus our refusal counter, registered on ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        # prometheus_client appends "_total" to counter names in the exposition.
-        self.opened = Counter(
-            "istio_tcp_connections_opened", "The total number of TCP connections opened",
-            LABEL_NAMES, registry=registry,
+        def traffic(name: str, documentation: str) -> Counter:
+            """A counter with Istio's traffic labels (prometheus_client appends "_total" to its name)."""
+            return Counter(name, documentation, LABEL_NAMES, registry=registry)
+
+        self.opened = traffic("istio_tcp_connections_opened", "The total number of TCP connections opened")
+        self.closed = traffic("istio_tcp_connections_closed", "The total number of TCP connections closed")
+        self.failed = traffic(
+            "istio_tcp_connections_failed", "The total number of TCP connections that failed to establish (unstable)"
         )
-        self.closed = Counter(
-            "istio_tcp_connections_closed", "The total number of TCP connections closed",
-            LABEL_NAMES, registry=registry,
+        self.received_bytes = traffic(
+            "istio_tcp_received_bytes", "The size of total bytes received during request in case of a TCP connection"
         )
-        self.failed = Counter(
-            "istio_tcp_connections_failed",
-            "The total number of TCP connections that failed to establish (unstable)",
-            LABEL_NAMES, registry=registry,
-        )
-        self.received_bytes = Counter(
-            "istio_tcp_received_bytes",
-            "The size of total bytes received during request in case of a TCP connection",
-            LABEL_NAMES, registry=registry,
-        )
-        self.sent_bytes = Counter(
-            "istio_tcp_sent_bytes",
-            "The size of total bytes sent during response in case of a TCP connection",
-            LABEL_NAMES, registry=registry,
+        self.sent_bytes = traffic(
+            "istio_tcp_sent_bytes", "The size of total bytes sent during response in case of a TCP connection"
         )
         self.refusals = Counter(
             "waypoint_refusals",

@@ -28,7 +28,6 @@ from waypoint.l7.routing.model import (
     HTTPRouteRule,
     ParentRef,
     PathMatch,
-    QueryParamMatch,
     ReferenceGrant,
     ReferenceGrantFrom,
     ReferenceGrantTo,
@@ -45,6 +44,7 @@ from waypoint.l7.routing.parse_util import (
     compile_regex,
     header_matches,
     parse_duration,
+    query_param_matches,
 )
 
 T = TypeVar("T")
@@ -191,7 +191,7 @@ def _backend_ref(d: Mapping[str, Any], path: str, grpc: bool) -> BackendRef:
     return BackendRef(
         ref=backend_object_ref(d, path),
         weight=weight,
-        filters=parse_filters(d.get("filters"), f"{path}.filters", grpc=grpc, backend_level=True),
+        filters=parse_filters(d.get("filters"), f"{path}.filters", grpc=grpc),
     )
 
 
@@ -202,7 +202,7 @@ def _rule_name(d: Mapping[str, Any], path: str) -> str | None:
 
 def _http_rule(d: Mapping[str, Any], path: str) -> HTTPRouteRule:
     matches = _items(d, "matches", path, _http_match, default=[{}])
-    filters = parse_filters(d.get("filters"), f"{path}.filters", grpc=False, backend_level=False)
+    filters = parse_filters(d.get("filters"), f"{path}.filters", grpc=False)
     for i, f in enumerate(filters):
         modifier = (
             f.url_rewrite.path if f.url_rewrite else f.request_redirect.path if f.request_redirect else None
@@ -228,7 +228,7 @@ def _http_rule(d: Mapping[str, Any], path: str) -> HTTPRouteRule:
 def _grpc_rule(d: Mapping[str, Any], path: str) -> GRPCRouteRule:
     return GRPCRouteRule(
         matches=_items(d, "matches", path, _grpc_match, default=[{}]),
-        filters=parse_filters(d.get("filters"), f"{path}.filters", grpc=True, backend_level=False),
+        filters=parse_filters(d.get("filters"), f"{path}.filters", grpc=True),
         backend_refs=_items(d, "backendRefs", path, lambda b, p: _backend_ref(b, p, grpc=True)),
         name=_rule_name(d, path),
     )
@@ -244,7 +244,7 @@ def _http_match(d: Mapping[str, Any], path: str) -> HTTPRouteMatch:
     return HTTPRouteMatch(
         path=_path_match(d.get("path"), f"{path}.path"),
         headers=header_matches(d.get("headers"), f"{path}.headers"),
-        query_params=_query_matches(d.get("queryParams"), f"{path}.queryParams"),
+        query_params=query_param_matches(d.get("queryParams"), f"{path}.queryParams"),
         method=method,
     )
 
@@ -264,25 +264,6 @@ def _path_match(raw: Any, path: str) -> PathMatch:
             f"{path}.value", "must not contain '//', '/./', '/../', '?' or end in '/.' or '/..'"
         )
     return PathMatch(kind, value)
-
-
-def _query_matches(raw: Any, path: str) -> tuple[QueryParamMatch, ...]:
-    out: list[QueryParamMatch] = []
-    seen: set[str] = set()
-    for i, item in enumerate(as_list(raw or [], path)):
-        p = f"{path}[{i}]"
-        d = as_map(item, p)
-        name = as_str(d.get("name"), f"{p}.name")
-        value = as_str(d.get("value"), f"{p}.value", allow_empty=True)
-        kind = as_str(d.get("type", "Exact"), f"{p}.type")
-        if kind not in ("Exact", "RegularExpression"):
-            raise ManifestError(f"{p}.type", f"unknown query param match type {kind!r}")
-        regex = compile_regex(value, f"{p}.value") if kind == "RegularExpression" else None
-        if name in seen:  # "only the first entry with an equivalent name MUST be considered"
-            continue
-        seen.add(name)
-        out.append(QueryParamMatch(name, value, kind, regex))
-    return tuple(out)
 
 
 def _grpc_match(d: Mapping[str, Any], path: str) -> GRPCRouteMatch:

@@ -46,7 +46,7 @@ _FIELD = {
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})  # Istio accepts all five (conversion.go)
 
 
-def parse_filters(raw: Any, field: str, *, grpc: bool, backend_level: bool) -> tuple[Filter, ...]:
+def parse_filters(raw: Any, field: str, *, grpc: bool) -> tuple[Filter, ...]:
     allowed = GRPC_FILTERS if grpc else HTTP_FILTERS
     out: list[Filter] = []
     seen: set[str] = set()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from waypoint.errors import ManifestError
-from waypoint.l7.routing.model import BackendObjectRef, HeaderMatch
+from waypoint.l7.routing.model import BackendObjectRef, HeaderMatch, QueryParamMatch
 
 # GEP-2257 Gateway API duration: 1-4 "<1-5 digits><h|m|s|ms>" groups, e.g. "1h30m", "500ms", "0s".
 _DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
@@ -71,24 +71,41 @@ def header_name(raw: Any, field: str) -> str:
     return name.lower()
 
 
-def header_matches(raw: Any, field: str) -> tuple[HeaderMatch, ...]:
-    """HTTPHeaderMatch list: names compared case-insensitively; later duplicates ignored (spec)."""
-    out: list[HeaderMatch] = []
+M = TypeVar("M", HeaderMatch, QueryParamMatch)
+
+
+def name_value_matches(
+    raw: Any, field: str, what: str, read_name: Callable[[Any, str], str], make: Callable[..., M]
+) -> tuple[M, ...]:
+    """An HTTPHeaderMatch or HTTPQueryParamMatch list: ``Exact`` or ``RegularExpression`` (compiled
+    here, once); of entries with the same name only the first counts ("only the first entry with an
+    equivalent name MUST be considered", httproute_types.go)."""
+    out: list[M] = []
     seen: set[str] = set()
     for i, item in enumerate(as_list(raw or [], field)):
         p = f"{field}[{i}]"
         d = as_map(item, p)
-        name = header_name(d.get("name"), f"{p}.name")
+        name = read_name(d.get("name"), f"{p}.name")
         value = as_str(d.get("value"), f"{p}.value", allow_empty=True)
         kind = as_str(d.get("type", "Exact"), f"{p}.type")
         if kind not in ("Exact", "RegularExpression"):
-            raise ManifestError(f"{p}.type", f"unknown header match type {kind!r}")
+            raise ManifestError(f"{p}.type", f"unknown {what} match type {kind!r}")
         regex = compile_regex(value, f"{p}.value") if kind == "RegularExpression" else None
         if name in seen:
             continue
         seen.add(name)
-        out.append(HeaderMatch(name, value, kind, regex))
+        out.append(make(name, value, kind, regex))
     return tuple(out)
+
+
+def header_matches(raw: Any, field: str) -> tuple[HeaderMatch, ...]:
+    """HTTPHeaderMatch list: names are header names, compared case-insensitively (lower-cased)."""
+    return name_value_matches(raw, field, "header", header_name, HeaderMatch)
+
+
+def query_param_matches(raw: Any, field: str) -> tuple[QueryParamMatch, ...]:
+    """HTTPQueryParamMatch list: names are compared case-sensitively, as the spec says."""
+    return name_value_matches(raw, field, "query param", as_str, QueryParamMatch)
 
 
 def backend_object_ref(d: Mapping[str, Any], path: str) -> BackendObjectRef:
