@@ -135,10 +135,10 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def hypercorn_backend(app: App = echo_app) -> AsyncIterator[int]:
+async def hypercorn_backend(app: App = echo_app, host: str = BACKEND_IP, port: int = 0) -> AsyncIterator[int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((BACKEND_IP, 0))
+    sock.bind((host, port))
     sock.listen(128)
     sock.set_inheritable(True)
     port = sock.getsockname()[1]
@@ -150,7 +150,7 @@ async def hypercorn_backend(app: App = echo_app) -> AsyncIterator[int]:
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     try:
-        await wait_listening(BACKEND_IP, port)
+        await wait_listening(host, port)
         yield port
     finally:
         stop.set()

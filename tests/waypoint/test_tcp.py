@@ -6,13 +6,16 @@ else relayed."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 
+from tests.l7h2.support import hypercorn_backend
 from tests.support.apps import tcp_echo
 
 from . import manifests as m
-from .apps import EchoApp, serve, server_first
+from .apps import serve, server_first
 from .clients import socks5_open
 from .conftest import IdentityProbe, MeshFactory, RunningMesh
 
@@ -65,14 +68,27 @@ async def test_tcp_ports_relay_through_the_waypoint(make_mesh: MeshFactory) -> N
     assert mesh.waypoint("waypoint").pool.connections_opened >= 1
 
 
-async def test_undeclared_port_with_http_is_sniffed_as_http(make_mesh: MeshFactory) -> None:
+async def _json_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app speaking HTTP/1.1 and h2c (hypercorn): answers the path, headers and HTTP version it saw."""
+    if scope["type"] != "http":
+        return
+    body = json.dumps({
+        "path": scope["path"], "http_version": scope["http_version"],
+        "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
+    }).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_undeclared_port_with_http_is_sniffed_and_its_protocol_followed_upstream(
+    make_mesh: MeshFactory,
+) -> None:
     mesh = await tcp_mesh(make_mesh)
-    app = await EchoApp("tcp", TCP_IP, HTTP_ALT).start()
-    try:
+    async with hypercorn_backend(_json_echo, TCP_IP, HTTP_ALT):
         for http2 in (False, True):
             async with mesh.client(m.CLIENT_IP, http2=http2) as client:
                 r = await client.get(f"http://{TCP_VIP}:9200/sniffed")
             assert r.status_code == 200 and r.json()["path"] == "/sniffed"
             assert r.json()["headers"]["x-probe-peer-identity"] == m.CLIENT_ID  # through the filters
-    finally:
-        await app.stop()
+            # Istio's useDownstreamProtocol for undeclared ports: h2c in, h2c out; HTTP/1.1 in, 1.1 out
+            assert r.json()["http_version"] == ("2" if http2 else "1.1")

@@ -88,6 +88,8 @@ class DownstreamInfo:
     destination: tuple[str, int] | None = None  # original destination (HBONE :authority)
     source_namespace: str | None = None  # the client workload's namespace (consumer routes apply by it)
     scheme: str = "http"
+    http2: bool = False  # the downstream speaks HTTP/2 (an AUTO upstream follows it, as Envoy's
+    # ``use_downstream_protocol_config``)
 
 
 class RequestContext:

@@ -20,6 +20,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from waypoint.l7 import h2_fast as w
 from waypoint.l7 import h2_session as hs
@@ -240,7 +241,7 @@ class Http2ServerProtocol(asyncio.Protocol):
         settings: hs.H2Settings | None = None,
     ) -> None:
         self._chain = chain
-        self._info = info
+        self._info = replace(info, http2=True) if info is not None else None
         self._clock = clock
         self._settings = settings
         self.streams: dict[int, _DownStream] = {}
@@ -259,7 +260,7 @@ class Http2ServerProtocol(asyncio.Protocol):
         if self._info is None:
             peer = transport.get_extra_info("peername")
             address = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-            self._info = DownstreamInfo(peer_address=address)
+            self._info = DownstreamInfo(peer_address=address, http2=True)
 
     def data_received(self, data: bytes) -> None:
         writer = self.writer

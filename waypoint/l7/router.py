@@ -16,7 +16,7 @@ from waypoint.l7.message import DATA, TRAILERS, HeaderList, RequestHead, apply_m
 from waypoint.l7.mirror import MirrorExchange
 from waypoint.l7.pool import UpstreamPool
 from waypoint.l7.routing.decision import DecisionKind, RequestView, RouteDecision, ServiceRef
-from waypoint.l7.upstream import UpstreamTarget
+from waypoint.l7.upstream import UpstreamTarget, following
 
 
 class RouteResolver(Protocol):
@@ -82,6 +82,7 @@ class Router(Filter):
             mirror_target = self.picker.pick(service)
             if mirror_target is not None:
                 self.picker.done(mirror_target)
+                mirror_target = following(mirror_target, ctx.info.http2)
                 exchange.mirrors.append(MirrorExchange(self, head, end_stream, mirror_target))
         exchange.start()
         return CONTINUE
@@ -110,7 +111,8 @@ class Router(Filter):
 
     def _pick(self, ctx: RequestContext, backend: ServiceRef | None) -> UpstreamTarget | None:
         if backend is not None:
-            return self.picker.pick(backend)
+            target = self.picker.pick(backend)
+            return following(target, ctx.info.http2) if target is not None else None
         dest = ctx.info.destination
         return UpstreamTarget(dest[0], dest[1]) if dest is not None else None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol, TypeVar
 
@@ -29,6 +29,14 @@ class UpstreamProtocol(Enum):
 
     HTTP1 = "http/1.1"
     HTTP2 = "h2c"
+    AUTO = "auto"  # whatever the downstream speaks: Istio's choice for ports of undeclared protocol
+
+
+def following(target: UpstreamTarget, http2: bool) -> UpstreamTarget:
+    """``target`` with an AUTO protocol resolved to the downstream's (Envoy's use_downstream_protocol)."""
+    if target.protocol is not UpstreamProtocol.AUTO:
+        return target
+    return replace(target, protocol=UpstreamProtocol.HTTP2 if http2 else UpstreamProtocol.HTTP1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,14 @@ def service_index(state: MeshState) -> dict[tuple[str, str], dict[int, str]]:
     return index
 
 
+def _upstream_protocol(protocol: str) -> UpstreamProtocol:
+    """HTTP/2 for h2c/gRPC ports, HTTP/1.1 for ``http``; an undeclared port follows the downstream
+    (Istio sets ``useDownstreamProtocol`` there; ``IS:releasenotes/notes/waypoint-auto-http2.yaml``)."""
+    if protocol in H2C_PROTOCOLS:
+        return UpstreamProtocol.HTTP2
+    return UpstreamProtocol.HTTP1 if protocol else UpstreamProtocol.AUTO
+
+
 @dataclass
 class WaypointConfig:
     """Route tables and endpoint targets for one snapshot."""
@@ -118,7 +126,7 @@ class WaypointConfig:
         svc = self.service(ref)
         if svc is None:
             return ()
-        proto = UpstreamProtocol.HTTP2 if self.protocol_of(svc, ref.port) in H2C_PROTOCOLS else UpstreamProtocol.HTTP1
+        proto = _upstream_protocol(self.protocol_of(svc, ref.port))
         targets = []
         for ep in self.state.endpoints(svc, ref.port):
             identity = str(self.state.identity_of(ep.workload)) if self.state.is_ambient(ep.workload) else None
