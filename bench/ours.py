@@ -21,7 +21,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -48,12 +48,12 @@ def namespace(name: str) -> dict[str, object]:
     }
 
 
-def pod(ns: str, name: str, ip: str, sa: str, labels: dict[str, str]) -> dict[str, object]:
+def pod(ns: str, name: str, ip: str, sa: str, labels: dict[str, str], node: str = "bench") -> dict[str, object]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"serviceAccountName": sa, "nodeName": "bench"},
+        "spec": {"serviceAccountName": sa, "nodeName": node},
         "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }
 
@@ -100,7 +100,7 @@ def bench_routes(ns: str, svc: str, port: int) -> dict[str, object]:
             "backendRefs": [{"name": svc, "port": port}],
         }
 
-    canary = [{"path": {"type": "PathPrefix", "value": "/"},
+    canary: list[dict[str, object]] = [{"path": {"type": "PathPrefix", "value": "/"},
                "headers": [{"name": "x-canary", "value": "true"}]}]
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -137,7 +137,7 @@ def start_waypoint(
     proc = subprocess.Popen(
         [str(WAYPOINT_BIN), "--log-level", "warning", "waypoint", "--config", str(config),
          "--gateway", "bench/waypoint", "--cert-dir", str(cert_dir), "--readiness", ready,
-         "--admin", f"{waypoint_ip}:15000"],
+         "--admin", f"{waypoint_ip}:15000", "--concurrency", "1"],
     )
     try:
         _wait_ready(f"http://{ready}/healthz/ready", proc)
@@ -145,3 +145,38 @@ def start_waypoint(
         stop(proc)
         raise
     return proc
+
+
+def start_ztunnel(
+    workdir: Path, name: str, config: Path, node: str, cert_dir: Path, readiness: str, socks5: str | None = None
+) -> subprocess.Popen[bytes]:
+    """One of our ztunnels for the L4 bench, serving the pods of ``node`` of ``config`` with the
+    one identity in ``cert_dir`` (Istio's file layout). Only HBONE on each local pod's 15008,
+    readiness and, when given, SOCKS5 are opened: the bench needs nothing else."""
+    off = "off"
+    proc = subprocess.Popen(
+        [str(WAYPOINT_BIN), "--log-level", "warning", "ztunnel", "--config", str(config), "--node", node,
+         "--cert-dir", str(cert_dir), "--listen-socks5", socks5 or off, "--listen-outbound", off,
+         "--listen-inbound-plaintext", off, "--listen-metrics", off, "--listen-admin", off,
+         "--listen-readiness", readiness],
+        stdout=(workdir / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_ready(f"http://{readiness}/healthz/ready", proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def ztunnel_pair_config(
+    workdir: Path, client_pod_ip: str, server_pod_ip: str
+) -> Path:
+    """The L4 bench's mesh: two ambient pods on two nodes, ``client`` (the load generator binds to
+    its IP) and ``server`` (the target app listens on its IP); no Service, so the source ztunnel
+    tunnels straight to ``<server pod IP>:15008`` with ``:authority`` ``<server pod IP>:<port>``."""
+    return write_config(workdir / "ours-l4-config", [
+        namespace("bench"),
+        pod("bench", "client", client_pod_ip, "client", {"app": "client"}, node="client"),
+        pod("bench", "server", server_pod_ip, "server", {"app": "server"}, node="server"),
+    ])

@@ -21,6 +21,7 @@ from waypoint.hbone.events import (
     WindowOpened,
 )
 from waypoint.hbone.fastpath import PREFACE
+from waypoint.hbone.stream import ReceiveBuffer
 
 
 def frames(data: bytes) -> list[Frame]:
@@ -266,3 +267,67 @@ def test_settings_changed_reports_max_concurrent_streams() -> None:
     xfer(client, server)
     assert SettingsChanged(7) in xfer(server, client)
     assert client.max_outbound_streams == 7
+
+
+def take_all(conn: HboneConnection, max_bytes: int) -> list[bytes | memoryview]:
+    """Drain ``take_output`` write by write, checking the cap of each write."""
+    writes: list[bytes | memoryview] = []
+    while pieces := conn.take_output(max_bytes):
+        assert sum(len(p) for p in pieces) <= max_bytes
+        writes += pieces
+    return writes
+
+
+@pytest.mark.parametrize("max_bytes", [1000, 16384, 65536, 256 * 1024, 4 * MiB])
+def test_take_output_is_the_wire_in_order_capped_without_copying_large_payloads(max_bytes: int) -> None:
+    """What the asyncio edge hands TLS: the same bytes as ``data_to_send``, in writes of at most
+    ``max_bytes``; a large payload leaves as a view of the caller's bytes (no copy), its header
+    joined with the first bytes of the payload into one full 16 KiB TLS record."""
+    client, server = pair()
+    sid = open_tunnel(client, server)
+    big, small = bytes(range(256)) * 1024, b"tiny"  # 256 KiB and 4 bytes
+    client.send(sid, small)
+    client.send(sid, big)
+    client.ping(b"12345678")
+    client.send(sid, small)
+    writes = take_all(client, max_bytes)
+    events = server.receive_data(b"".join(writes))
+    assert payload(events, sid) == small + big + small
+    assert client.take_output(max_bytes) == []
+    if max_bytes >= len(big):
+        assert len(writes[0]) == 16384  # head: header, "tiny", header, then payload to a full record
+        views = [w for w in writes if isinstance(w, memoryview)]
+        assert len(views) == 1 and views[0].obj is big  # the rest of the payload, not copied
+        assert len(writes) == 3  # head record, payload view, tail (header, ping, header, "tiny")
+
+
+def test_take_output_leaves_the_rest_queued_for_the_next_write() -> None:
+    client, server = pair()
+    sid = open_tunnel(client, server)
+    client.send(sid, b"x" * 100_000)
+    first = client.take_output(30_000)
+    assert sum(len(p) for p in first) == 30_000
+    client.send(sid, b"y" * 10)  # queued behind what is left
+    rest = take_all(client, 1 << 20)
+    events = server.receive_data(b"".join([*first, *rest]))
+    assert payload(events, sid) == b"x" * 100_000 + b"y" * 10
+
+
+def test_received_payloads_are_views_of_an_owned_buffer_else_of_a_copy() -> None:
+    """The asyncio edge hands over each TLS read's fresh buffer (``owned``): payloads are views
+    of it, not copies; a buffer the caller keeps (a plain bytearray) is copied once first."""
+    client, server = pair()
+    sid = open_tunnel(client, server)
+    client.send(sid, b"payload")
+    wire = client.data_to_send()
+    owned = ReceiveBuffer(wire)
+    [event] = server.receive_data(memoryview(owned), owned=True)
+    assert isinstance(event, DataReceived) and bytes(event.data) == b"payload"
+    assert isinstance(event.data, memoryview) and event.data.obj is owned
+    client.send(sid, b"again")
+    kept = bytearray(client.data_to_send())
+    [event] = server.receive_data(kept)  # type: ignore[arg-type]
+    assert isinstance(event, DataReceived) and isinstance(event.data, memoryview)
+    assert type(event.data.obj) is bytes
+    kept[:] = b"\0" * len(kept)  # the caller reuses its buffer: what we delivered is unchanged
+    assert bytes(event.data) == b"again"

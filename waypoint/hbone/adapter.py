@@ -29,15 +29,18 @@ from waypoint.hbone.events import (
     TunnelRequested,
     WindowOpened,
 )
-from waypoint.hbone.stream import CANCEL, HboneStream
+from waypoint.hbone.stream import CANCEL, HboneStream, ReceiveBuffer
 
 log = logging.getLogger(__name__)
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+WRITE_CHUNK = 256 * 1024  # plaintext handed to TLS per write: bounded copies, warm caches
+_READ_SIZE = 256 * 1024  # a read's buffer when the transport gives no size hint
+_NO_BUFFER = ReceiveBuffer()
 Opened = tuple[HboneStream, asyncio.BaseProtocol]
 
 
-class HboneConnectionProtocol(asyncio.Protocol):
+class HboneConnectionProtocol(asyncio.BufferedProtocol):
     """One TLS connection carrying HBONE tunnels, either side.
 
     ``verify_peer(ssl_object)`` runs first in ``connection_made`` (after the handshake) and
@@ -75,6 +78,7 @@ class HboneConnectionProtocol(asyncio.Protocol):
         self._pong_timer: asyncio.TimerHandle | None = None
         self._pings = 0
         self._extra: dict[str, Any] = {}
+        self._rbuf = _NO_BUFFER
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -94,9 +98,22 @@ class HboneConnectionProtocol(asyncio.Protocol):
         self._ping_timer = self.loop.call_later(self._keepalive_s, self._send_ping)
         self._flush()
 
+    def get_buffer(self, sizehint: int) -> ReceiveBuffer:
+        """A fresh buffer for each read: uvloop's TLS transport decrypts straight into it (no
+        per-record ``bytes`` and no join of them), and the payload views handed on stay valid."""
+        buf = self._rbuf = ReceiveBuffer(sizehint if sizehint > 0 else _READ_SIZE)
+        return buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buf, self._rbuf = self._rbuf, _NO_BUFFER
+        self._received(memoryview(buf)[:nbytes], True)
+
     def data_received(self, data: bytes) -> None:
+        self._received(data, False)
+
+    def _received(self, data: bytes | memoryview, owned: bool) -> None:
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(data, owned)
         except h2.exceptions.H2Error:  # a state h2 refuses that we did not foresee: drop it all
             log.exception("HBONE connection error")
             self._abort()
@@ -197,26 +214,37 @@ class HboneConnectionProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.tls_paused = False
+        self.schedule_flush()  # frames queued while paused go first, in order
         for stream in list(self.streams.values()):
             stream._drain()
 
     # --- output --------------------------------------------------------------------------------
 
     def schedule_flush(self) -> None:
-        """Coalesce: one ``data_to_send`` and one TLS write per event-loop turn."""
+        """Coalesce: one flush (a few TLS writes at most) per event-loop turn."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Hand queued frames to TLS in writes of at most ``WRITE_CHUNK`` bytes, until the TLS
+        transport pushes back (``pause_writing``, called from inside a write); the rest waits,
+        as views, for ``resume_writing``. A dead connection writes all, then closes."""
         self._flush_scheduled = False
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        data = self.conn.data_to_send()
-        if data:
-            transport.write(data)
-        if self.conn.dead:
+        conn = self.conn
+        dead = conn.dead
+        while dead or not self.tls_paused:
+            pieces = conn.take_output(WRITE_CHUNK)
+            if not pieces:
+                break
+            if len(pieces) == 1:
+                transport.write(pieces[0])
+            else:
+                transport.writelines(pieces)
+        if dead:
             transport.close()
 
     # --- streams -------------------------------------------------------------------------------
@@ -277,10 +305,12 @@ class HboneConnectionProtocol(asyncio.Protocol):
                 self._on_idle(self)
 
     def _close_transport(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self._flush()
-            if self.transport is not None:
-                self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            data = self.conn.data_to_send()  # all of it (the GOAWAY too), paused or not
+            if data:
+                transport.write(data)
+            transport.close()
 
     @property
     def active_streams(self) -> int:

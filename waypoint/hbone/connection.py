@@ -37,6 +37,7 @@ from waypoint.hbone.events import (
     WindowOpened,
 )
 from waypoint.hbone.headers import check_connect
+from waypoint.hbone.output import take_writes
 
 h2compat.quiet_frame_repr()
 
@@ -104,8 +105,8 @@ class HboneConnection:
             self._out.append(data)
 
     def data_to_send(self) -> bytes:
-        """Everything to write, joined: one TLS write (uvloop writes each buffer of a
-        ``writelines`` as its own records, so a 9-byte header alone would be a record)."""
+        """Everything to write, joined (one copy of every payload; the asyncio edge uses
+        :meth:`take_output` instead)."""
         self._pull()
         out = self._out
         if not out:
@@ -113,13 +114,23 @@ class HboneConnection:
         self._out = []
         return out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
 
+    def take_output(self, max_bytes: int = 256 * 1024) -> list[bytes | memoryview]:
+        """Up to ``max_bytes`` of what to write, in wire order, as buffers for one
+        ``writelines`` (large payloads as views, not copied); the rest stays queued.
+        See :func:`waypoint.hbone.output.take_writes`."""
+        self._pull()
+        return take_writes(self._out, max_bytes)
+
     # --- input ------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[HboneEvent]:
+    def receive_data(self, data: bytes | memoryview, owned: bool = False) -> list[HboneEvent]:
+        """Feed received bytes. DATA payloads come out as views of ``data``, so it must never
+        change afterwards: ``bytes``, or any buffer the caller hands over (``owned``); anything
+        else is copied first."""
         if self.dead:
             return []
-        if type(data) is not bytes:
-            data = bytes(data)  # payload views must stay valid: only immutable bytes
+        if not owned and type(data) is not bytes:
+            data = bytes(data)  # payload views must stay valid
         events: list[HboneEvent] = []
         for seg in self._split.feed(data):
             kind = seg[0]
@@ -288,6 +299,11 @@ class HboneConnection:
                 st.window += st.unacked
                 st.unacked = 0
 
+    def is_send_open(self, stream_id: int) -> bool:
+        """May we still send DATA on this stream? False once we ended it, and as soon as a reset,
+        a GOAWAY or a connection error is *read*, before the batch's events are handed out."""
+        return stream_id in self._send_open
+
     def outbound_window(self, stream_id: int) -> int:
         """Bytes ``send`` would frame right now on this stream (0 when it cannot send)."""
         if stream_id not in self._send_open:
@@ -341,7 +357,12 @@ class HboneConnection:
         return n
 
     def end_stream(self, stream_id: int) -> None:
-        """Half-close our direction (END_STREAM); the peer's direction keeps flowing."""
+        """Half-close our direction (END_STREAM); the peer's direction keeps flowing. A no-op on a
+        stream we cannot send on any more (ended, reset, refused by GOAWAY, connection failed):
+        the peer's RST_STREAM may sit in the same read as its END_STREAM, so h2 has closed the
+        stream by the time our consumer hears the EOF and closes in turn."""
+        if stream_id not in self._send_open:
+            return
         self._send_open.discard(stream_id)
         self._pull()
         self._h2.end_stream(stream_id)

@@ -78,7 +78,7 @@ class FrameSplitter:
         self._padded = False
         self._end = False
 
-    def feed(self, data: bytes) -> list[tuple]:  # type: ignore[type-arg]
+    def feed(self, data: bytes | memoryview) -> list[tuple]:  # type: ignore[type-arg]
         out: list[tuple] = []  # type: ignore[type-arg]
         to_h2: list[bytes | memoryview] = []
         view = memoryview(data)

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 CANCEL = 0x8
 
 
+class ReceiveBuffer(bytearray):
+    """A buffer TLS decrypts one read into, fresh for every read and never written again, so
+    views of it (the DATA payloads handed on) stay valid as views of ``bytes`` do."""
+
+    __slots__ = ()
+
+
+_STABLE = (bytes, ReceiveBuffer)  # buffers nobody writes to again: views of them need no copy
+
+
 class HboneStream(asyncio.Transport):
     """A tunnel's transport. ``write_eof`` half-closes (END_STREAM); ``close`` sends END_STREAM
     after buffered data and ends the protocol, still swallowing (and acking) whatever the peer
@@ -87,6 +97,8 @@ class HboneStream(asyncio.Transport):
         if self._done or self._owner.tls_paused:
             return
         conn, sid, send = self._conn, self.stream_id, self._send
+        if send and not conn.is_send_open(sid):
+            return  # gone in the batch being read: its reset clears the buffer next
         while send:
             chunk = send[0]
             n = conn.send(sid, chunk)
@@ -105,11 +117,13 @@ class HboneStream(asyncio.Transport):
     # --- asyncio.Transport ---------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
-        if self._eof_pending or self._eof_sent:
-            raise RuntimeError("write() after write_eof()")
         if self._closing or self._done or not data:
-            return  # an empty write is never EOF (code-anchors §3.4)
-        if type(data) is not bytes and not (isinstance(data, memoryview) and type(data.obj) is bytes):
+            return  # dropped after close/abort/reset, as asyncio's transports; empty is never EOF
+        if self._eof_pending or self._eof_sent:
+            raise RuntimeError("write() after write_eof()")  # the caller's own half-close
+        if not self._conn.is_send_open(self.stream_id):
+            return  # reset/GOAWAY/connection error read in this batch; its event is on its way
+        if type(data) is not bytes and not (isinstance(data, memoryview) and type(data.obj) in _STABLE):
             data = bytes(data)  # we queue views until the flush: the caller may reuse its buffer
         if not self._send and not self._owner.tls_paused:
             n = self._conn.send(self.stream_id, data)
@@ -165,7 +179,14 @@ class HboneStream(asyncio.Transport):
         self._on_reset(None)
 
     def is_closing(self) -> bool:
-        return self._closing or self._done
+        """True after close/abort, once the stream is gone, and as soon as the connection knows
+        we can no longer send on it (a reset or connection error read but not yet delivered)
+        while we had not half-closed ourselves. Not before the tunnel is answered."""
+        if self._closing or self._done:
+            return True
+        if self._protocol is None or self._eof_sent:
+            return False
+        return not self._conn.is_send_open(self.stream_id)
 
     def pause_reading(self) -> None:
         self._read_paused = True

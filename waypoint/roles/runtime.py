@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvloop
 
+from waypoint.hbone.allocator import tune_allocator
 from waypoint.identity.ca import DevCA
 from waypoint.identity.certs import CertificateProvider, DevCertificateProvider, FileCertificateSource
 from waypoint.l7.routing.parse import validate_grpcroute, validate_httproute, validate_reference_grant
@@ -30,6 +31,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
             loop.add_signal_handler(sig, _on_signal, stop, sig)
         return await main(stop)
 
+    tune_allocator()  # bulk HBONE buffers: stop glibc's per-turn heap trim (waypoint/hbone/allocator.py)
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(runner())
     return 130
