@@ -58,7 +58,13 @@ def pod(ns: str, name: str, ip: str, sa: str, labels: dict[str, str], node: str 
     }
 
 
-def service(ns: str, name: str, vip: str, port: int, selector: dict[str, str], app_protocol: str) -> dict[str, object]:
+def service(
+    ns: str, name: str, vip: str, port: int, selector: dict[str, str], app_protocol: str | None
+) -> dict[str, object]:
+    """``app_protocol`` None: an undeclared port (a name Istio reads no protocol from)."""
+    spec_port: dict[str, object] = {"name": "main", "port": port, "targetPort": port}
+    if app_protocol is not None:
+        spec_port.update(name="http", appProtocol=app_protocol)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -66,7 +72,7 @@ def service(ns: str, name: str, vip: str, port: int, selector: dict[str, str], a
         "spec": {
             "clusterIP": vip,
             "selector": selector,
-            "ports": [{"name": "http", "port": port, "targetPort": port, "appProtocol": app_protocol}],
+            "ports": [spec_port],
         },
     }
 
@@ -120,11 +126,13 @@ def write_config(directory: Path, docs: list[dict[str, object]]) -> Path:
 
 
 def start_waypoint(
-    workdir: Path, waypoint_ip: str, cert_dir: Path, destination: tuple[str, int], protocol: str = "http"
+    workdir: Path, waypoint_ip: str, cert_dir: Path, destination: tuple[str, int], protocol: str | None = None
 ) -> subprocess.Popen[bytes]:
     """Our waypoint for the L7 bench: the destination app is a one-pod Service whose VIP is the pod
     address itself, so the ``:authority`` the source sends (the app's ip:port, as to Envoy's chain)
-    is service-addressed and routed, and re-origination goes to ``<that ip>:15008``."""
+    is service-addressed and routed, and re-origination goes to ``<that ip>:15008``. The port is
+    undeclared by default, so upstream follows the downstream protocol, as the Envoy chain does
+    (``use_downstream_protocol_config``) and as Istio does for undeclared ports."""
     ip, port = destination
     config = write_config(workdir / "ours-config", [
         namespace("bench"),
