@@ -104,3 +104,47 @@ async def test_waypoint_chain_carries_h2c_to_an_envoy_backend(issue: Issue, tmp_
             ] * 3
             assert all(r.headers[RESPONSE_HEADER] == "envoy" for r in responses)
             app.wait_stat("http.backend.downstream_cx_http2_total", lambda n: n == 1)
+
+
+async def test_waypoint_chain_pools_hbone_per_destination_not_per_client(
+    backend_port: int, issue: Issue, tmp_path: Path
+) -> None:
+    # istiod shares the CONNECT's destination ONCE with the next hop (IS:pilot/pkg/xds/filters/
+    # filters.go ConnectAuthorityFilter, ConnectAuthorityNetworkFilter): Envoy hashes values shared
+    # with upstream into its pool keys, so two clients on two HBONE connections must still reach
+    # one destination over one HBONE connection, as Istio's waypoint does (and as the benchmark's
+    # baseline must, or it pays a TLS connection per client).
+    destination = hbone_terminate((BACKEND_IP, 15008), issue("default", "backend"), "authority")
+    waypoint = waypoint_chain(("127.0.7.19", 15008), issue("default", "waypoint"))
+    authority = f"{BACKEND_IP}:{backend_port}"
+
+    def source(ip: str, sa: str) -> EnvoyProcess:
+        config = hbone_originate((ip, 0), ("127.0.7.19", 15008), authority, issue("default", sa), WAYPOINT_ID)
+        return EnvoyProcess(config, tmp_path, sa)
+
+    with (
+        EnvoyProcess(destination, tmp_path, "destination") as dest,
+        EnvoyProcess(waypoint, tmp_path, "waypoint") as wp,
+        source("127.0.7.17", "client-a") as src_a,
+        source("127.0.7.18", "client-b") as src_b,
+    ):
+        urls = ["http://{}:{}/".format(*src.listener_address("originate")) for src in (src_a, src_b)]
+        async with httpx.AsyncClient(timeout=10) as first:
+            assert (await first.get(urls[0])).status_code == 200
+        # The ORIGINAL_DST host is created on the worker and added to the cluster on Envoy's main
+        # thread; wait for it, so the next connections look it up instead of racing (bench/l7.py).
+        wp.wait_stat("cluster.hbone_upstream.membership_total", lambda n: n == 1)
+        for url in urls:
+            async with httpx.AsyncClient(timeout=10) as client:
+                assert [(await client.get(url)).status_code for _ in range(2)] == [200, 200]
+
+        assert wp.stat("http.connect_terminate.downstream_cx_total") == 2  # one per client
+        assert wp.stat("http.main_internal.downstream_rq_completed") == 5
+        # Requests, not client connections, are what is forwarded: one after the other, they reuse
+        # one pooled inner HTTP/1.1 connection, hence one CONNECT, on one HBONE connection.
+        assert wp.stat("cluster.connect_originate.upstream_cx_total") == 1
+        assert wp.stat("cluster.hbone_upstream.upstream_rq_total") == 1
+        assert wp.stat("cluster.hbone_upstream.upstream_cx_total") == 1
+        dest.wait_stat("http.connect_terminate.downstream_rq_total", lambda n: n == 1)
+        assert dest.stat("http.connect_terminate.downstream_cx_total") == 1
+        assert "envoy bug" not in wp.log_tail(200).lower()

@@ -88,20 +88,43 @@ def http2_upstream_options() -> Config:
     }
 
 
-def set_filter_state(entries: list[tuple[str, str]]) -> Config:
-    # TRANSITIVE: the value travels with every upstream hop (envoy-peer.md gotchas 2 and 3).
+Sharing = Literal["ONCE", "TRANSITIVE"]
+
+
+def _filter_state_values(entries: list[tuple[str, str]], shared: Sharing) -> list[Config]:
+    return [
+        {
+            "object_key": key,
+            "format_string": {"text_format_source": {"inline_string": value}},
+            "shared_with_upstream": shared,
+        }
+        for key, value in entries
+    ]
+
+
+def set_filter_state(entries: list[tuple[str, str]], shared: Sharing = "TRANSITIVE") -> Config:
+    """HTTP filter: each ``(key, format)`` becomes filter state shared with the upstream connection.
+
+    ONCE reaches the next hop only (istiod's ``connect_authority`` filter); TRANSITIVE reaches
+    every hop after it. Shared values enter Envoy's upstream pool keys: TRANSITIVE ones gave the
+    waypoint chain a pool per downstream connection (tests/envoy/test_waypoint_chain.py).
+    """
     return {
         "name": "envoy.filters.http.set_filter_state",
         "typed_config": {
             "@type": TYPES + "filters.http.set_filter_state.v3.Config",
-            "on_request_headers": [
-                {
-                    "object_key": key,
-                    "format_string": {"text_format_source": {"inline_string": value}},
-                    "shared_with_upstream": "TRANSITIVE",
-                }
-                for key, value in entries
-            ],
+            "on_request_headers": _filter_state_values(entries, shared),
+        },
+    }
+
+
+def set_connection_filter_state(entries: list[tuple[str, str]], shared: Sharing = "ONCE") -> Config:
+    """Network filter: the same, set once per (internal) connection when it is accepted."""
+    return {
+        "name": "envoy.filters.network.set_filter_state",
+        "typed_config": {
+            "@type": TYPES + "filters.network.set_filter_state.v3.Config",
+            "on_new_connection": _filter_state_values(entries, shared),
         },
     }
 

@@ -3,12 +3,18 @@
 The listener chain istiod builds (facts §2.4; ``IS:pilot/pkg/networking/core/listener_waypoint.go``
 ``buildWaypointInbound`` L183-221, ``cluster_waypoint.go`` L487-560), reduced to one service:
 
-``connect_terminate`` (15008, TLS 1.3, CONNECT; set_filter_state copies ``:authority``)
-→ cluster ``main_internal`` → internal listener ``main_internal`` (original_dst restores the
-authority as the local address; HCM, codec AUTO; routes, header edits, request ids)
-→ cluster ``connect_originate`` → internal listener ``connect_originate`` (tcp_proxy,
+``connect_terminate`` (15008, TLS 1.3, CONNECT; set_filter_state copies ``:authority``, shared
+ONCE) → cluster ``main_internal`` → internal listener ``main_internal`` (original_dst restores the
+authority as the local address; a network set_filter_state shares it ONCE again, istiod's
+``connect_authority`` of the direct-workload chain; HCM, codec AUTO; routes, header edits,
+request ids) → cluster ``connect_originate`` → internal listener ``connect_originate`` (tcp_proxy,
 ``tunneling_config.hostname = %DOWNSTREAM_LOCAL_ADDRESS%``) → ``ORIGINAL_DST`` cluster with
 ``upstream_port_override: 15008`` and the waypoint's client certificate.
+
+Pooling, as in istiod's waypoint: values shared with upstream enter Envoy's upstream pool keys;
+shared TRANSITIVE, they split the inner HTTP pool per downstream connection (every client got its
+own inner connections and CONNECTs). Shared ONCE per hop, inner requests from every client reuse
+pooled connections, and the CONNECTs toward one destination ride one HBONE connection.
 
 Routing, header manipulation and request ids are on so the benchmark compares like for like with
 our waypoint: two HTTPRoute-like rules (a header-matched canary and a default), one request
@@ -31,6 +37,7 @@ from tests.support.envoy.configs import (
     connect_terminate_listener,
     http2_upstream_options,
     original_dst_cluster,
+    set_connection_filter_state,
     set_filter_state,
     upstream_tls,
 )
@@ -125,19 +132,30 @@ def _main_internal_listener() -> Config:
         },
         "http_filters": [ROUTER_FILTER],
     }
+    # istiod's direct-workload chain re-shares the restored destination ONCE with the next hop
+    # (``xdsfilters.ConnectAuthorityNetworkFilter``; listener_waypoint.go ``buildWaypointInternal``).
+    connect_authority = set_connection_filter_state(
+        [(ORIGINAL_DST_LOCAL, f"%FILTER_STATE({ORIGINAL_DST_LOCAL}:PLAIN)%")], "ONCE"
+    )
     return {
         "name": "main_internal",
         "internal_listener": {},
         "listener_filters": [_ORIGINAL_DST_FILTER],
         "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+            {
+                "filters": [
+                    connect_authority,
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
+                ]
+            }
         ],
     }
 
 
 def _connect_originate_listener() -> Config:
     # The authority restored as the local address becomes the outgoing CONNECT's :authority
-    # (facts §2.4 connect_originate). The filter state is not set again here (gotcha 3).
+    # (facts §2.4 connect_originate). Nothing is shared further from here: the ORIGINAL_DST
+    # cluster keys its hosts (and so its pools) by that address alone.
     tcp_proxy = {
         "@type": TCP_PROXY_TYPE,
         "stat_prefix": "connect_originate",
@@ -167,8 +185,10 @@ def waypoint_chain(
     ``upstream_san_prefix`` defaults to the trust domain; istiod narrows it to the waypoint's
     namespace (facts §1.2, cluster_waypoint.go L437-449).
     """
+    # ONCE, as istiod's ``connect_authority`` HTTP filter (IS:pilot/pkg/xds/filters/filters.go).
     state = set_filter_state(
-        [(ORIGINAL_DST_LOCAL, "%REQ(:AUTHORITY)%"), (ORIGINAL_DST_REMOTE, "%DOWNSTREAM_REMOTE_ADDRESS%")]
+        [(ORIGINAL_DST_LOCAL, "%REQ(:AUTHORITY)%"), (ORIGINAL_DST_REMOTE, "%DOWNSTREAM_REMOTE_ADDRESS%")],
+        "ONCE",
     )
     terminate = connect_terminate_listener(
         "connect_terminate", listen, cert_dir, trust_domain, "main_internal", [state]
