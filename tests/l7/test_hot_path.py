@@ -1,19 +1,41 @@
 """Pieces reworked for speed keep their behaviour: request ids, header mutations, HTTP/1.1 heads,
-and an upstream pool that keeps as many idle connections as were needed at once."""
+an upstream pool that keeps as many idle connections as were needed at once, the chain's
+precomputed callback lists, resolved AUTO targets, and upstream bodies whose last piece ends
+the response."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
+from dataclasses import replace
+from functools import partial
+from types import SimpleNamespace
 
 import httptools
+import pytest
 
+from tests.support.wait import wait_for
+from waypoint.l7.chain import FilterChain
+from waypoint.l7.filter import CONTINUE, STOP, DownstreamInfo, Filter, RequestContext, Result
+from waypoint.l7.filters import request_id
+from waypoint.l7.filters.forwarded import Forwarded
 from waypoint.l7.filters.request_id import Uuid4Source, format_uuid4, uuid4
-from waypoint.l7.h1_client import encode_request_head
-from waypoint.l7.message import RequestHead, apply_mutation, header_lines, set_header
+from waypoint.l7.flow import RelayPeer
+from waypoint.l7.h1_client import Http1Connection, encode_request_head
+from waypoint.l7.message import (
+    DATA,
+    HEADERS,
+    HeaderList,
+    RequestHead,
+    ResponseHead,
+    apply_mutation,
+    header_lines,
+    set_header,
+)
 from waypoint.l7.pool import UpstreamPool
 from waypoint.l7.routing.decision import HeaderMutation
-from waypoint.l7.upstream import TcpConnector, UpstreamTarget
+from waypoint.l7.upstream import TcpConnector, UpstreamProtocol, UpstreamTarget, following
 
 
 def test_request_ids_are_distinct_version_4_uuids_across_batches() -> None:
@@ -83,3 +105,188 @@ async def test_pool_keeps_every_connection_a_burst_needed() -> None:
         pool.close()
         server.close()
         await server.wait_closed()
+
+
+# ---- the chain calls only callbacks that do something, in Envoy's order ----
+class _Log(Filter):
+    """Records the callbacks it overrides; ``stop`` holds request headers until resumed."""
+
+    def __init__(self, name: str, log: list[str], stop: bool = False) -> None:
+        self.tag, self.log, self.stop = name, log, stop
+
+    def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
+        self.log.append(f"{self.tag}:req")
+        if self.stop:
+            self.stop = False
+            return STOP
+        return CONTINUE
+
+
+class _RespOnly(Filter):
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def on_response_headers(self, ctx: RequestContext, head: ResponseHead, end_stream: bool) -> Result:
+        self.log.append("resp")
+        return CONTINUE
+
+    def on_stream_complete(self, ctx: RequestContext) -> None:
+        self.log.append("complete")
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.out: list[object] = []
+
+    def send_response_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        self.out.append((head.status, end_stream))
+
+    def send_response_data(self, chunk: bytes, end_stream: bool) -> None:
+        self.out.append((chunk, end_stream))
+
+    def pause_request_body(self, reason: int) -> None:
+        pass
+
+    def resume_request_body(self, reason: int) -> None:
+        pass
+
+
+def test_chain_skips_pass_through_callbacks_and_keeps_order_across_a_stop() -> None:
+    log: list[str] = []
+    a, held, b = _Log("a", log), _Log("held", log, stop=True), _Log("b", log)
+    router = _Log("router", log)
+    chain = FilterChain([a, Filter(), held, _RespOnly(log), b], router)
+    assert [i for i, _ in chain.decoders[HEADERS]] == [0, 2, 4, 5]  # the plain Filter (1) is skipped
+    assert [i for i, _ in chain.encoders[HEADERS]] == [3]
+    assert chain.decoders[DATA] == () and len(chain.completers) == 1
+    sink = _Sink()
+    ctx = RequestContext(DownstreamInfo(), RequestHead("GET", "/", "svc", []), 0.0)
+    stream = chain.new_stream(ctx, sink)  # type: ignore[arg-type]
+    stream.decode_headers(ctx.request, True)
+    assert log == ["a:req", "held:req"]
+    ctx.resume()  # continues after the filter that stopped, not from the start
+    assert log == ["a:req", "held:req", "b:req", "router:req"]
+    stream.encode_headers(ResponseHead(200, []), False)
+    stream.encode_data(b"x", True)
+    stream.complete()
+    assert log[4:] == ["resp", "complete"] and sink.out == [(200, False), (b"x", True)]
+
+
+def test_request_ids_are_the_text_format_uuid4_gives_for_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        drawn.append(bytes(random.getrandbits(8) for _ in range(n)))
+        return drawn[-1]
+
+    monkeypatch.setattr(request_id, "os", SimpleNamespace(urandom=urandom))
+    source = Uuid4Source()
+    ids = [source() for _ in range(300)]  # crosses a batch boundary
+    raw = b"".join(drawn)
+    assert ids == [format_uuid4(raw[16 * i : 16 * i + 16]) for i in range(300)]
+
+
+def test_auto_targets_resolve_to_one_object_per_protocol_and_keep_their_key() -> None:
+    auto = UpstreamTarget("10.0.0.1", 80, None, UpstreamProtocol.AUTO, "spiffe://td/ns/a/sa/b")
+    h2, h1 = following(auto, True), following(auto, False)
+    assert h2 is following(auto, True) and h1 is following(auto, False)
+    assert (h2.protocol, h1.protocol) == (UpstreamProtocol.HTTP2, UpstreamProtocol.HTTP1)
+    assert h2.key == ("10.0.0.1", 80, UpstreamProtocol.HTTP2) and h2.identity == auto.identity
+    plain = UpstreamTarget("10.0.0.1", 80)
+    assert following(plain, True) is plain and plain == UpstreamTarget("10.0.0.1", 80)
+
+
+def test_forwarded_for_uses_the_connection_peer_encoded_once() -> None:
+    info = DownstreamInfo(peer_address=("10.1.2.3", 5))
+    assert info.peer_ip == b"10.1.2.3" and DownstreamInfo().peer_ip is None
+    assert replace(DownstreamInfo(), peer_address=("::1", 1)).peer_ip == b"::1"
+    head = RequestHead("GET", "/", "svc", [(b"x-forwarded-for", b"1.1.1.1")])
+    Forwarded().on_request_headers(RequestContext(info, head, 0.0), head, True)
+    assert head.headers == [(b"x-forwarded-for", b"1.1.1.1,10.1.2.3"), (b"x-forwarded-proto", b"http")]
+
+
+# ---- an upstream body's last piece carries the end of the response ----
+class _Handler:
+    """Records what an upstream connection hands the exchange."""
+
+    downstream_writer = None
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def on_informational(self, head: ResponseHead) -> None:
+        self.events.append(("1xx", head.status))
+
+    def on_response_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        self.events.append(("headers", head.status, end_stream))
+
+    def on_response_data(self, chunk: bytes, end_stream: bool) -> None:
+        self.events.append(("data", chunk, end_stream))
+
+    def on_response_trailers(self, trailers: HeaderList) -> None:
+        self.events.append(("trailers", trailers))
+
+    def on_upgraded(self, head: ResponseHead, upstream: RelayPeer, rest: bytes) -> None:
+        self.events.append(("upgraded",))
+
+    def on_upstream_reset(self, before_headers: bool, reason: str) -> None:
+        self.events.append(("reset", before_headers))
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        pass
+
+
+def _more_than(events: list[tuple[object, ...]], n: int) -> bool:
+    return len(events) > n
+
+
+async def _exchange(responses: list[bytes]) -> list[tuple[object, ...]]:
+    """One GET to a loopback server that answers with ``responses`` as separate writes."""
+    handler = _Handler()
+    go = asyncio.Event()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for i, piece in enumerate(responses):
+            writer.write(piece)
+            await writer.drain()
+            if i < len(responses) - 1:
+                await wait_for(partial(_more_than, handler.events, i + 1), what="the piece to be handed on")
+        await go.wait()
+        writer.close()
+
+    server = await asyncio.start_server(on_client, "127.0.4.9", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _, conn = await asyncio.get_running_loop().create_connection(
+            lambda: Http1Connection(("127.0.4.9", port)), "127.0.4.9", port
+        )
+        conn.send_request_head(handler, RequestHead("GET", "/", "svc", []), True)
+        await wait_for(lambda: any(len(e) > 2 and e[2] is True for e in handler.events) or (
+            handler.events and handler.events[-1][0] == "trailers"), what="the end of the response")
+        assert conn.reusable
+        conn.close()
+    finally:
+        go.set()
+        server.close()
+        await server.wait_closed()
+    return handler.events
+
+
+async def test_a_body_read_whole_is_one_event_that_ends_the_response() -> None:
+    events = await _exchange([b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"])
+    assert events == [("headers", 200, False), ("data", b"hello", True)]
+
+
+async def test_a_body_in_pieces_passes_each_on_at_once_and_ends_with_the_last() -> None:
+    events = await _exchange([b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel", b"lo"])
+    assert events == [("headers", 200, False), ("data", b"hel", False), ("data", b"lo", True)]
+
+
+async def test_a_chunked_body_with_trailers_ends_with_the_trailers() -> None:
+    events = await _exchange(
+        [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 1\r\n\r\n"]
+    )
+    assert events == [
+        ("headers", 200, False), ("data", b"abc", False), ("data", b"de", False), ("trailers", [(b"x-t", b"1")])
+    ]

@@ -67,11 +67,32 @@ def render_local_reply(reply: LocalReply, grpc: bool) -> tuple[ResponseHead, byt
     return ResponseHead(reply.status, headers), reply.body
 
 
+# Callback names by event kind (``HEADERS``, ``DATA``, ``TRAILERS`` index these tuples).
+_DECODERS = ("on_request_headers", "on_request_data", "on_request_trailers")
+_ENCODERS = ("on_response_headers", "on_response_data", "on_response_trailers")
+
+_Hooks = tuple[tuple[int, Any], ...]  # (filter index, bound callback), only filters that override it
+
+
+def _hooks(filters: Sequence[Filter], name: str, reverse: bool = False) -> _Hooks:
+    """The filters whose ``name`` callback does something, with their positions.
+
+    A pass-through default (``Filter``'s, which returns ``CONTINUE``) is skipped: calling it is
+    behaviour-free, and with three filters and three events each way it was nine calls a request."""
+    default = getattr(Filter, name)
+    found = [
+        (i, getattr(f, name))
+        for i, f in enumerate(filters)
+        if getattr(getattr(f, name), "__func__", None) is not default
+    ]
+    return tuple(reversed(found)) if reverse else tuple(found)
+
+
 class Stream:
     """One request/response exchange through a filter list whose last member is the router."""
 
     __slots__ = (
-        "_filters",
+        "_chain",
         "_local",
         "_req_queue",
         "_req_stop",
@@ -85,27 +106,38 @@ class Stream:
         "sink",
     )
 
-    def __init__(self, filters: Sequence[Filter], ctx: RequestContext, sink: DownstreamSink) -> None:
-        self._filters = filters
+    def __init__(self, chain: FilterChain, ctx: RequestContext, sink: DownstreamSink) -> None:
+        self._chain = chain
         self.ctx = ctx
         self.sink = sink
         ctx.stream = self
         self._req_stop: tuple[int, _Event] | None = None
-        self._req_queue: deque[_Event] = deque()
+        self._req_queue: deque[_Event] | None = None  # made when an event first has to wait
         self._resp_stop: tuple[int, _Event] | None = None
-        self._resp_queue: deque[_Event] = deque()
-        self._resp_top = len(filters) - 2  # response events enter just above the router
+        self._resp_queue: deque[_Event] | None = None
+        self._resp_top = chain.response_top  # response events enter just above the router
         self._local = False  # a local reply replaced the response: ignore the router's events
         self._sent_headers = False
         self.response_flow: FlowSource | None = None
         self.done = False
 
     # ---- request side (from the codec) ----
+    # headers and data are ``_decode`` written out: one Python frame less on every event
     def decode_headers(self, head: Any, end_stream: bool) -> None:
-        self._decode((HEADERS, head, end_stream))
+        if self._local or self.done:
+            return
+        if self._req_stop is not None or self._req_queue:
+            self._decode((HEADERS, head, end_stream))
+        else:
+            self._decode_from(0, (HEADERS, head, end_stream))
 
     def decode_data(self, chunk: bytes, end_stream: bool) -> None:
-        self._decode((DATA, chunk, end_stream))
+        if self._local or self.done:
+            return
+        if self._req_stop is not None or self._req_queue:
+            self._decode((DATA, chunk, end_stream))
+        else:
+            self._decode_from(0, (DATA, chunk, end_stream))
 
     def decode_trailers(self, trailers: HeaderList) -> None:
         self._decode((TRAILERS, trailers, True))
@@ -114,6 +146,8 @@ class Stream:
         if self._local or self.done:
             return  # the request was answered locally: the rest of its body is dropped
         if self._req_stop is not None or self._req_queue:
+            if self._req_queue is None:
+                self._req_queue = deque()
             self._req_queue.append(ev)
             self.sink.pause_request_body(HELD)
             return
@@ -121,17 +155,12 @@ class Stream:
 
     def _decode_from(self, i: int, ev: _Event) -> None:
         kind, payload, end = ev
-        filters = self._filters
         ctx = self.ctx
         r: Result
-        for j in range(i, len(filters)):
-            f = filters[j]
-            if kind == DATA:
-                r = f.on_request_data(ctx, payload, end)
-            elif kind == HEADERS:
-                r = f.on_request_headers(ctx, payload, end)
-            else:
-                r = f.on_request_trailers(ctx, payload)
+        for j, callback in self._chain.decoders[kind]:
+            if j < i:
+                continue
+            r = callback(ctx, payload) if kind == TRAILERS else callback(ctx, payload, end)
             if r is CONTINUE:
                 continue
             if r is STOP:
@@ -142,13 +171,23 @@ class Stream:
 
     # ---- response side (from the router) ----
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
-        if not self._local:
-            self.ctx.response = head
+        if self._local:
+            return
+        self.ctx.response = head
+        if self.done:
+            return
+        if self._resp_stop is not None or self._resp_queue:
             self._encode((HEADERS, head, end_stream))
+        else:
+            self._encode_from(self._resp_top, (HEADERS, head, end_stream))
 
     def encode_data(self, chunk: bytes, end_stream: bool) -> None:
-        if not self._local:
+        if self._local or self.done:
+            return
+        if self._resp_stop is not None or self._resp_queue:
             self._encode((DATA, chunk, end_stream))
+        else:
+            self._encode_from(self._resp_top, (DATA, chunk, end_stream))
 
     def encode_trailers(self, trailers: HeaderList) -> None:
         if not self._local:
@@ -163,6 +202,8 @@ class Stream:
         if self.done:
             return
         if self._resp_stop is not None or self._resp_queue:
+            if self._resp_queue is None:
+                self._resp_queue = deque()
             self._resp_queue.append(ev)
             if self.response_flow is not None:
                 self.response_flow.pause_reading()
@@ -171,17 +212,12 @@ class Stream:
 
     def _encode_from(self, i: int, ev: _Event) -> None:
         kind, payload, end = ev
-        filters = self._filters
         ctx = self.ctx
         r: Result
-        for j in range(i, -1, -1):
-            f = filters[j]
-            if kind == DATA:
-                r = f.on_response_data(ctx, payload, end)
-            elif kind == HEADERS:
-                r = f.on_response_headers(ctx, payload, end)
-            else:
-                r = f.on_response_trailers(ctx, payload)
+        for j, callback in self._chain.encoders[kind]:  # highest index first
+            if j > i:
+                continue
+            r = callback(ctx, payload) if kind == TRAILERS else callback(ctx, payload, end)
             if r is CONTINUE:
                 continue
             if r is STOP:
@@ -207,22 +243,24 @@ class Stream:
             j, ev = self._req_stop
             self._req_stop = None
             self._decode_from(j + 1, ev)
-            while self._req_stop is None and self._req_queue and not self._local:
-                self._decode_from(0, self._req_queue.popleft())
-            if not self._req_queue:
+            queue = self._req_queue
+            while self._req_stop is None and queue and not self._local:
+                self._decode_from(0, queue.popleft())
+            if not queue:
                 self.sink.resume_request_body(HELD)
         elif self._resp_stop is not None:
             j, ev = self._resp_stop
             self._resp_stop = None
             self._encode_from(j - 1, ev)
-            while self._resp_stop is None and self._resp_queue and not self.done:
-                self._encode_from(self._resp_top, self._resp_queue.popleft())
-            if not self._resp_queue and self.response_flow is not None:
+            queue = self._resp_queue
+            while self._resp_stop is None and queue and not self.done:
+                self._encode_from(self._resp_top, queue.popleft())
+            if not queue and self.response_flow is not None:
                 self.response_flow.resume_reading()
 
     def reply_from_router(self, reply: LocalReply) -> None:
         """The router answers (503 no healthy upstream, 504 timeout): through every response filter."""
-        self._local_reply(reply, len(self._filters) - 1)
+        self._local_reply(reply, len(self._chain.filters) - 1)
 
     def local_reply_from_resumer(self, reply: LocalReply) -> None:
         """A filter that stopped answers instead of resuming (ext_authz deny)."""
@@ -231,7 +269,7 @@ class Stream:
         elif self._resp_stop is not None:
             index = self._resp_stop[0]
         else:
-            index = len(self._filters) - 1
+            index = len(self._chain.filters) - 1
         self._local_reply(reply, index)
 
     def _local_reply(self, reply: LocalReply, index: int) -> None:
@@ -243,9 +281,11 @@ class Stream:
             return
         self._local = True
         self._req_stop = None
-        self._req_queue.clear()
+        if self._req_queue:
+            self._req_queue.clear()
         self._resp_stop = None
-        self._resp_queue.clear()
+        if self._resp_queue:
+            self._resp_queue.clear()
         self.sink.resume_request_body(HELD)
         head, body = render_local_reply(reply, is_grpc(self.ctx.request.headers))
         self.ctx.response = head
@@ -254,6 +294,8 @@ class Stream:
         if body:
             ev = (DATA, body, True)
             if self._resp_stop is not None:
+                if self._resp_queue is None:
+                    self._resp_queue = deque()
                 self._resp_queue.append(ev)
             else:
                 self._encode_from(index - 1, ev)
@@ -269,8 +311,12 @@ class Stream:
             return
         self.done = True
         ctx = self.ctx
-        for f in self._filters:
-            f.on_stream_complete(ctx)
+        for callback in self._chain.completers:
+            callback(ctx)
+        # The context, this stream and the router's exchange refer to each other: cut the links
+        # so reference counting frees the request now, not a later cyclic garbage collection.
+        ctx.stream = None
+        ctx.upstream = None
 
     def reset(self) -> None:
         """Abort: the codec drops the stream (HTTP/1.1: closes the connection)."""
@@ -281,12 +327,19 @@ class Stream:
 
 
 class FilterChain:
-    """A configured filter list, router last. ``new_stream`` is the per-request entry."""
+    """A configured filter list, router last. ``new_stream`` is the per-request entry.
 
-    __slots__ = ("filters",)
+    Which filters act on which event is worked out here once (``_hooks``), not per request."""
+
+    __slots__ = ("completers", "decoders", "encoders", "filters", "response_top")
 
     def __init__(self, filters: Sequence[Filter], router: Filter) -> None:
         self.filters: tuple[Filter, ...] = (*filters, router)
+        every = self.filters
+        self.decoders: tuple[_Hooks, ...] = tuple(_hooks(every, name) for name in _DECODERS)
+        self.encoders: tuple[_Hooks, ...] = tuple(_hooks(every, name, reverse=True) for name in _ENCODERS)
+        self.completers: tuple[Any, ...] = tuple(cb for _, cb in _hooks(every, "on_stream_complete"))
+        self.response_top = len(every) - 2
 
     def new_stream(self, ctx: RequestContext, sink: DownstreamSink) -> Stream:
-        return Stream(self.filters, ctx, sink)
+        return Stream(self, ctx, sink)

@@ -32,8 +32,8 @@ class RoundRobinPicker:
 
     def pick(self, service: ServiceRef) -> UpstreamTarget | None:
         endpoints = self._lookup(service)
-        if not endpoints:
-            return None
+        if len(endpoints) < 2:
+            return endpoints[0] if endpoints else None
         i = self._next.get(service, 0)
         self._next[service] = i + 1
         return endpoints[i % len(endpoints)]

@@ -10,6 +10,7 @@ another attempt can resend them (Envoy gives up retrying once its request buffer
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from waypoint.l7.filter import LocalReply, RequestContext
@@ -54,6 +55,7 @@ class UpstreamExchange:
         "conn",
         "ctx",
         "decision",
+        "downstream_writer",
         "finished",
         "head",
         "mirrors",
@@ -78,6 +80,8 @@ class UpstreamExchange:
         stream = ctx.stream
         assert stream is not None
         self.stream: Stream = stream
+        # corked while a read from the endpoint is parsed, so one read leaves in one write
+        self.downstream_writer: CorkedWriter | None = getattr(stream.sink, "writer", None)
         self.head = head
         self.target = target
         self.decision = decision
@@ -85,7 +89,7 @@ class UpstreamExchange:
         self.request_done = end_stream
         self.response_started = False
         self.finished = False
-        self.mirrors: list[MirrorExchange] = []
+        self.mirrors: Sequence[MirrorExchange] = ()  # the router sets them when the route has any
         self._pending: list[tuple[int, Any, bool]] = []
         self._pending_bytes = 0
         retry = decision.retry
@@ -104,7 +108,8 @@ class UpstreamExchange:
             self._attach(conn, in_read=True)
         else:
             asyncio.get_running_loop().create_task(self._connect(self.target))
-        if self.request_done:
+        d = self.decision
+        if self.request_done and (d.request_timeout_s is not None or d.backend_timeout_s is not None):
             self._arm_timers()
 
     async def _connect(self, target: UpstreamTarget) -> None:
@@ -238,9 +243,6 @@ class UpstreamExchange:
             self.stream.reply_from_router(LocalReply(504, UPSTREAM_TIMEOUT, details="upstream_response_timeout"))
 
     # ---- ResponseHandler ----
-    @property
-    def downstream_writer(self) -> CorkedWriter | None:
-        return getattr(self.stream.sink, "writer", None)
 
     def on_informational(self, head: ResponseHead) -> None:
         self.stream.encode_informational(head)
@@ -301,9 +303,10 @@ class UpstreamExchange:
         if self.finished:
             return
         self.finished = True
-        for t in (self._request_timer, self._backend_timer):
-            if t is not None:
-                t.cancel()
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+        if self._backend_timer is not None:
+            self._backend_timer.cancel()
         conn, self.conn = self.conn, None
         self.stream.response_flow = None
         self.stream.sink.resume_request_body(PEER_FULL)  # the next request must not inherit our pause

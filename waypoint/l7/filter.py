@@ -12,11 +12,11 @@ Filters are shared by every request; per-request state lives on the :class:`Requ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from waypoint.l7.message import HeaderList, RequestHead, ResponseHead
+from waypoint.l7.message import HeaderList, RequestHead, ResponseHead, get_header
 from waypoint.l7.routing.decision import RequestView, RouteDecision, ServiceRef
 
 if TYPE_CHECKING:
@@ -90,12 +90,19 @@ class DownstreamInfo:
     scheme: str = "http"
     http2: bool = False  # the downstream speaks HTTP/2 (an AUTO upstream follows it, as Envoy's
     # ``use_downstream_protocol_config``)
+    # the peer's IP as ``x-forwarded-for`` appends it: encoded once per connection, not per request
+    peer_ip: bytes | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        peer = self.peer_address
+        object.__setattr__(self, "peer_ip", peer[0].encode() if peer is not None else None)
 
 
 class RequestContext:
     """Everything a filter may want to know about one request, plus its per-filter state."""
 
     __slots__ = (
+        "_state",
         "_view",
         "authority",
         "info",
@@ -104,7 +111,6 @@ class RequestContext:
         "response",
         "route",
         "started_at",
-        "state",
         "stream",
         "upstream",
     )
@@ -117,10 +123,18 @@ class RequestContext:
         self.route: RouteDecision | None = None
         self.response: ResponseHead | None = None
         self.started_at = started_at
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None  # made on first use: most requests need none
         self.stream: Stream | None = None
         self.upstream: Any = None  # the router's per-request upstream exchange
         self._view: RequestView | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Per-filter state of this request, keyed by whatever the filter chooses."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
 
     @property
     def peer_identity(self) -> str | None:
@@ -135,21 +149,24 @@ class RequestContext:
         return self.info.dialled
 
     def view(self) -> RequestView:
-        """The request as routing and policy read it (built once, from the current head)."""
-        if self._view is None:
+        """The request as routing and policy read it: built once, from the head as it is then;
+        its headers stay bytes until a reader asks for one (``RequestView.header``)."""
+        view = self._view
+        if view is None:
             head = self.request
-            headers = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers)
-            ct = next((v for n, v in headers if n == "content-type"), "")
-            self._view = RequestView(
-                method=head.method,
-                path=head.path,
-                authority=head.authority,
-                headers=headers,
-                dialled=self.info.dialled,
-                grpc=ct.startswith("application/grpc"),
-                source_namespace=self.info.source_namespace,
+            info = self.info
+            ct = get_header(head.headers, b"content-type")
+            view = self._view = RequestView(
+                head.method,
+                head.path,
+                head.authority,
+                (),
+                info.dialled,
+                ct is not None and ct.startswith(b"application/grpc"),
+                info.source_namespace,
+                raw_headers=tuple(head.headers),  # a snapshot, as before: later filters edit the list
             )
-        return self._view
+        return view
 
     def resume(self) -> None:
         """Continue the direction a filter stopped (Envoy ``continueDecoding``/``continueEncoding``)."""

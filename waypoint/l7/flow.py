@@ -32,10 +32,12 @@ class CorkedWriter:
         self._corks += 1
 
     def uncork(self) -> None:
-        self._corks -= 1
-        if self._corks <= 0:
-            self._corks = 0
-            self.flush()
+        corks = self._corks - 1
+        if corks > 0:
+            self._corks = corks
+            return
+        self._corks = 0
+        self.flush()  # not only when ``_out`` has data: a subclass (h2's SessionWriter) keeps its own
 
     def flush(self) -> None:
         out = self._out

@@ -60,6 +60,7 @@ class Http1Connection(asyncio.Protocol):
         self._reset_parser = False
         self._chunked_response = False
         self._read_paused = False
+        self._held: bytes | None = None  # the last body piece parsed, not yet passed on
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -81,6 +82,8 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"protocol error: {exc}")
         finally:
+            if self._held is not None:
+                self._pass_held()  # the body goes on without waiting for more bytes
             if peer is not None:
                 peer.uncork()
         if self._reset_parser:
@@ -229,7 +232,7 @@ class Http1Connection(asyncio.Protocol):
             length = content_length(self._headers)
             end = length == 0
             self._until_close = length is None and not self._chunked_response
-        if self._parser.get_http_version() == "1.0" and not self._parser.should_keep_alive():
+        if not self._parser.should_keep_alive() and self._parser.get_http_version() == "1.0":
             self._keep_alive = False
         if end:
             self._response_done = True
@@ -239,8 +242,18 @@ class Http1Connection(asyncio.Protocol):
             handler.on_response_headers(head, end)
 
     def on_body(self, body: bytes) -> None:
+        """Held until the parser says what follows it in this read: the end of the message (then
+        it goes on with ``end_stream``, one event and, to an HTTP/2 client, one DATA frame instead
+        of a second, empty one), another piece, or nothing yet."""
         if not self._response_done and self.handler is not None:
-            self.handler.on_response_data(body, False)
+            if self._held is not None:
+                self._pass_held()
+            self._held = body
+
+    def _pass_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and self.handler is not None:
+            self.handler.on_response_data(held, False)
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -255,9 +268,11 @@ class Http1Connection(asyncio.Protocol):
         handler = self.handler
         if handler is not None:
             if self._trailers:
+                self._pass_held()
                 handler.on_response_trailers(self._trailers)
             else:
-                handler.on_response_data(b"", True)
+                held, self._held = self._held, None
+                handler.on_response_data(b"" if held is None else held, True)
 
     # ---- failures and upgrades ----
     def _upgraded(self, rest: bytes) -> None:
@@ -272,6 +287,7 @@ class Http1Connection(asyncio.Protocol):
         handler.on_upgraded(head, self, rest)
 
     def _fail(self, reason: str) -> None:
+        self._pass_held()
         handler, self.handler = self.handler, None
         self._keep_alive = False
         if handler is not None and not self._response_done:

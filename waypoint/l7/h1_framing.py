@@ -9,7 +9,7 @@ versus status line and ``connection``), so each codec builds its own.
 from __future__ import annotations
 
 from waypoint.l7.flow import CorkedWriter
-from waypoint.l7.message import HeaderList, header_lines
+from waypoint.l7.message import HeaderList, get_header, has_header, header_lines
 
 # Responses that never have a body, whatever their headers say (RFC 9110 §6.4.1).
 NO_BODY_STATUS = frozenset({204, 304})
@@ -34,15 +34,15 @@ def write_trailers(writer: CorkedWriter, chunked: bool, trailers: HeaderList) ->
 
 
 def has_content_length(headers: HeaderList) -> bool:
-    return any(n == b"content-length" for n, _ in headers)
+    return has_header(headers, b"content-length")
 
 
 def content_length(headers: HeaderList) -> int | None:
     """The ``content-length`` value, or None when absent or not a number."""
-    for n, v in headers:
-        if n == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return None
-    return None
+    value = get_header(headers, b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None

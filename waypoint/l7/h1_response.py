@@ -80,6 +80,12 @@ class ResponseWriter:
     def send_response_headers(self, head: ResponseHead, end_stream: bool) -> None:
         status = head.status
         headers = head.headers
+        if status != 101 and not self.close and not self.server.http10 and has_content_length(headers):
+            # the usual keep-alive response that states its length: no framing header of ours to add
+            self.writer.write(status_line(status) + b"\r\n" + header_lines(headers) + b"\r\n")
+            if end_stream:
+                self._response_end()
+            return
         framing: list[bytes] = []
         if status == 101:
             framing += [b"connection: upgrade", b"upgrade: " + (self.upgrade or "").encode()]

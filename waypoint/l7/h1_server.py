@@ -32,6 +32,10 @@ BAD_REQUEST = (
 )
 
 
+# Request methods as ``str`` without a decode per request (others are decoded as they come).
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
 class Http1ServerProtocol(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
@@ -98,9 +102,11 @@ class Http1ServerProtocol(asyncio.Protocol):
             self._bad_request()
         finally:
             self._in_read = False
-            flush, self._flush = self._flush, []
-            for w in flush:
-                w.uncork()
+            flush = self._flush
+            if flush:
+                for w in flush:
+                    w.uncork()
+                flush.clear()
             writer.uncork()
         queue = self._queue
         if queue and queue[0].response_done and not queue[0].request_done and not self._upgrading:
@@ -162,13 +168,15 @@ class Http1ServerProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         parser = self._parser
-        method = parser.get_method().decode()
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode()
         self.http10 = parser.get_http_version() == "1.0"
         if method == "CONNECT" or (not self._authority and not self.http10):
             raise httptools.HttpParserError("CONNECT or missing Host")  # surfaces as 400 below
         upgrade = self._upgrade.decode("latin-1") if self._upgrade and parser.should_upgrade() else None
-        head = RequestHead(method, self._url.decode("latin-1"), self._authority.decode("latin-1"), self._headers)
-        head.upgrade = upgrade
+        head = RequestHead(
+            method, self._url.decode("latin-1"), self._authority.decode("latin-1"), self._headers, "http", upgrade
+        )
         ex = ResponseWriter(self, parser.should_keep_alive(), method == "HEAD")
         ex.upgrade = upgrade
         ex.end_at_headers = end = not self._body and upgrade is None
@@ -217,8 +225,9 @@ class Http1ServerProtocol(asyncio.Protocol):
             return
         queue.popleft()
         self._peer_writer = None
-        if ex.stream is not None:
-            ex.stream.complete()
+        stream, ex.stream = ex.stream, None  # no writer <-> stream cycle left behind
+        if stream is not None:
+            stream.complete()
         if ex.close:
             self.close_after_write()
             return

@@ -7,6 +7,8 @@ strips them on the way in and adds its own framing on the way out, as Envoy's co
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from waypoint.l7.routing.decision import HeaderMutation
 
 Header = tuple[bytes, bytes]
@@ -16,6 +18,8 @@ HeaderList = list[Header]
 # with the head, a body chunk, or the trailers as payload (the chain, the codecs and the router
 # queue events while a filter or a connection makes them wait).
 HEADERS, DATA, TRAILERS = 0, 1, 2
+
+_first = itemgetter(0)  # a header's name
 
 # RFC 9110 §7.6.1 plus the legacy ones Envoy's HTTP/1 codec also drops (source/common/http/conn_manager_utility.cc).
 HOP_BY_HOP = frozenset(
@@ -74,6 +78,8 @@ def header_lines(headers: HeaderList) -> bytes:
 
 def get_header(headers: HeaderList, name: bytes) -> bytes | None:
     """First value of ``name`` (lower case), or None."""
+    if name not in map(_first, headers):  # a miss (the usual x-request-id case) stays in C
+        return None
     for n, v in headers:
         if n == name:
             return v
@@ -81,11 +87,15 @@ def get_header(headers: HeaderList, name: bytes) -> bytes | None:
 
 
 def remove_header(headers: HeaderList, name: bytes) -> None:
-    headers[:] = [h for h in headers if h[0] != name]
+    if name in map(_first, headers):
+        headers[:] = [h for h in headers if h[0] != name]
 
 
 def set_header(headers: HeaderList, name: bytes, value: bytes) -> None:
     """Replace every ``name`` with one ``value`` (kept at the first occurrence's place)."""
+    if name not in map(_first, headers):  # the usual case, searched in C
+        headers.append((name, value))
+        return
     for i, h in enumerate(headers):
         if h[0] == name:
             headers[i] = (name, value)
@@ -133,6 +143,10 @@ def apply_mutation(headers: HeaderList, mutation: HeaderMutation) -> None:
         headers.extend(c.add)
     for name in c.remove:
         remove_header(headers, name)
+
+
+def has_header(headers: HeaderList, name: bytes) -> bool:
+    return name in map(_first, headers)
 
 
 def is_grpc(headers: HeaderList) -> bool:

@@ -58,7 +58,9 @@ class UpstreamPool:
         if not conn.reusable:
             conn.close()
             return
-        idle = self._idle.setdefault(conn.key, deque())
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = deque()
         if len(idle) >= self._max_idle:
             conn.close()
             return

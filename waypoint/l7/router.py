@@ -18,6 +18,8 @@ from waypoint.l7.pool import UpstreamPool
 from waypoint.l7.routing.decision import DecisionKind, RequestView, RouteDecision, ServiceRef
 from waypoint.l7.upstream import UpstreamTarget, following
 
+_FORWARD = DecisionKind.FORWARD
+
 
 class RouteResolver(Protocol):
     """The route table's face (``waypoint.l7.routing``): pure, no I/O."""
@@ -66,26 +68,38 @@ class Router(Filter):
     def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
         decision = self.resolver.resolve(ctx.view())
         ctx.route = decision
-        kind = decision.kind
-        if kind is DecisionKind.REDIRECT:
-            location = (decision.location or "").encode("latin-1")
-            return LocalReply(decision.status, headers=((b"location", location),), details="redirect")
-        if kind is DecisionKind.LOCAL:
-            return LocalReply(decision.status, decision.body, details="route_local_reply")
-        self._rewrite(head, decision)
+        if decision.kind is not _FORWARD:
+            return self._answer(decision)
+        if decision.new_path is not None or decision.new_authority is not None or decision.request_headers:
+            self._rewrite(head, decision)
         target = self._pick(ctx, decision.backend)
         if target is None:
             return LocalReply(503, NO_HEALTHY_UPSTREAM, details="no_healthy_upstream")
-        exchange = UpstreamExchange(self, ctx, head, end_stream, target, decision)
-        ctx.upstream = exchange
+        exchange = ctx.upstream = UpstreamExchange(self, ctx, head, end_stream, target, decision)
+        if decision.mirrors:
+            exchange.mirrors = self._mirrors(ctx, head, end_stream, decision)
+        exchange.start()
+        return CONTINUE
+
+    @staticmethod
+    def _answer(decision: RouteDecision) -> LocalReply:
+        """A redirect or a route's direct response."""
+        if decision.kind is DecisionKind.REDIRECT:
+            location = (decision.location or "").encode("latin-1")
+            return LocalReply(decision.status, headers=((b"location", location),), details="redirect")
+        return LocalReply(decision.status, decision.body, details="route_local_reply")
+
+    def _mirrors(
+        self, ctx: RequestContext, head: RequestHead, end_stream: bool, decision: RouteDecision
+    ) -> list[MirrorExchange]:
+        mirrors = []
         for service in decision.mirrors:
             mirror_target = self.picker.pick(service)
             if mirror_target is not None:
                 self.picker.done(mirror_target)
                 mirror_target = following(mirror_target, ctx.info.http2)
-                exchange.mirrors.append(MirrorExchange(self, head, end_stream, mirror_target))
-        exchange.start()
-        return CONTINUE
+                mirrors.append(MirrorExchange(self, head, end_stream, mirror_target))
+        return mirrors
 
     def on_request_data(self, ctx: RequestContext, chunk: bytes, end_stream: bool) -> Result:
         exchange = ctx.upstream
@@ -112,7 +126,10 @@ class Router(Filter):
     def _pick(self, ctx: RequestContext, backend: ServiceRef | None) -> UpstreamTarget | None:
         if backend is not None:
             target = self.picker.pick(backend)
-            return following(target, ctx.info.http2) if target is not None else None
+            if target is None:
+                return None
+            resolved = target.resolved  # ``following`` written out: an AUTO target takes the downstream's
+            return target if resolved is None else resolved[ctx.info.http2]
         dest = ctx.info.destination
         return UpstreamTarget(dest[0], dest[1]) if dest is not None else None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol, TypeVar
 
@@ -34,9 +34,8 @@ class UpstreamProtocol(Enum):
 
 def following(target: UpstreamTarget, http2: bool) -> UpstreamTarget:
     """``target`` with an AUTO protocol resolved to the downstream's (Envoy's use_downstream_protocol)."""
-    if target.protocol is not UpstreamProtocol.AUTO:
-        return target
-    return replace(target, protocol=UpstreamProtocol.HTTP2 if http2 else UpstreamProtocol.HTTP1)
+    resolved = target.resolved
+    return target if resolved is None else resolved[http2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +47,17 @@ class UpstreamTarget:
     service: ServiceRef | None = None
     protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
     identity: str | None = None  # the endpoint's SPIFFE ID, for the HBONE connector's SAN check
+    # What pooled connections are shared by: same endpoint, same protocol.
+    key: tuple[str, int, UpstreamProtocol] = field(init=False, repr=False, compare=False)
+    # AUTO only: the HTTP/1.1 and HTTP/2 forms, made once here rather than per request by ``following``.
+    resolved: tuple[UpstreamTarget, UpstreamTarget] | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, int, UpstreamProtocol]:
-        """What pooled connections are shared by: same endpoint, same protocol."""
-        return (self.address, self.port, self.protocol)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.address, self.port, self.protocol))
+        resolved = None
+        if self.protocol is UpstreamProtocol.AUTO:
+            resolved = (replace(self, protocol=UpstreamProtocol.HTTP1), replace(self, protocol=UpstreamProtocol.HTTP2))
+        object.__setattr__(self, "resolved", resolved)
 
 
 class ResponseHandler(Protocol):

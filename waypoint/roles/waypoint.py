@@ -10,6 +10,7 @@ to ``<pod IP>:15008`` with ``:authority <pod IP>:<target port>``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +34,7 @@ from waypoint.l7.h2_pool import ProtocolPool
 from waypoint.l7.h2_server import Http2ServerProtocol
 from waypoint.l7.loader import load_filters
 from waypoint.l7.router import Router
-from waypoint.l7.routing.decision import ServiceRef
-from waypoint.l7.routing.table import BoundResolver
+from waypoint.l7.routing.decision import RequestView, RouteDecision, ServiceRef
 from waypoint.l7.upstream import UpstreamTarget
 from waypoint.mesh.model import Waypoint
 from waypoint.mesh.state import MeshState
@@ -62,19 +62,18 @@ class WaypointSettings:
 
 
 class _CurrentConfig:
-    """Indirection so long-lived filters see the newest snapshot on their next request."""
+    """Indirection so long-lived filters see the newest snapshot on their next request.
+
+    ``resolve`` is the current tables' own method with the RNG bound (``functools.partial``,
+    called in C): the router calls it for every request, so no Python frame is added here."""
 
     def __init__(self, config: WaypointConfig, rng: random.Random) -> None:
-        self.config = config
-        self.resolver = BoundResolver(config.routes, rng)
         self._rng = rng
+        self.swap(config)
 
     def swap(self, config: WaypointConfig) -> None:
         self.config = config
-        self.resolver = BoundResolver(config.routes, self._rng)
-
-    def resolve(self, view: Any) -> Any:
-        return self.resolver.resolve(view)
+        self.resolve: Callable[[RequestView], RouteDecision] = functools.partial(config.routes.resolve, rng=self._rng)
 
     def endpoints(self, ref: ServiceRef) -> Sequence[UpstreamTarget]:
         return self.config.endpoints(ref)

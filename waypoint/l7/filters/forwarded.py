@@ -5,7 +5,9 @@ the downstream address is appended to the list, and the protocol is the downstre
 from __future__ import annotations
 
 from waypoint.l7.filter import CONTINUE, Filter, RequestContext, Result
-from waypoint.l7.message import RequestHead, set_header
+from waypoint.l7.message import RequestHead, has_header, set_header
+
+_SCHEMES = {"http": b"http", "https": b"https"}
 
 
 class Forwarded(Filter):
@@ -13,14 +15,16 @@ class Forwarded(Filter):
 
     def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
         headers = head.headers
-        peer = ctx.info.peer_address
-        if peer is not None:
-            ip = peer[0].encode()
-            for i, (n, v) in enumerate(headers):
-                if n == b"x-forwarded-for":
-                    headers[i] = (n, v + b"," + ip)
-                    break
-            else:
+        info = ctx.info
+        ip = info.peer_ip
+        if ip is not None:
+            if not has_header(headers, b"x-forwarded-for"):
                 headers.append((b"x-forwarded-for", ip))
-        set_header(headers, b"x-forwarded-proto", ctx.info.scheme.encode())
+            else:
+                for i, (n, v) in enumerate(headers):
+                    if n == b"x-forwarded-for":
+                        headers[i] = (n, v + b"," + ip)
+                        break
+        scheme = _SCHEMES.get(info.scheme) or info.scheme.encode()
+        set_header(headers, b"x-forwarded-proto", scheme)
         return CONTINUE

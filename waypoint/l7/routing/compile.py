@@ -1,9 +1,10 @@
 """One route rule, compiled once per config: what a request that matched it gets.
 
 Everything that does not depend on the request (resolved backends, cumulative weights,
-header mutations, retry/timeouts) is computed at build time, so ``CompiledRule.decide`` does
-only the per-request work: one RNG draw when there is more than one weighted backend, one per
-sampled mirror, and path/Location string building when a filter asks for it.
+header mutations, retry/timeouts, and the whole decision of a backend without rewrite, redirect
+or sampled mirror) is computed at build time, so ``CompiledRule.decide`` does only the
+per-request work: one RNG draw when there is more than one weighted backend, one per sampled
+mirror, and path/Location string building when a filter asks for it.
 
 Istio behaviour followed (``pilot/pkg/config/kube/gateway/conversion.go`` convertHTTPRoute):
 a rule whose backendRefs weigh 0 in total (or has none) and no redirect answers 500; retry
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from waypoint.l7.routing.decision import (
@@ -112,6 +113,42 @@ class CompiledRule:
     backend_timeout_s: float | None = None
     retry: RetryPolicy | None = ISTIO_DEFAULT_RETRY
     scheme: str = "http"
+    # per backend, its decision when nothing in it depends on the request (else None): shared by
+    # every request that picks it instead of being rebuilt each time (decisions are immutable)
+    fixed: tuple[RouteDecision | None, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fixed", tuple(self._fixed_decision(b) for b in self.backends))
+
+    def _fixed_decision(self, backend: Backend) -> RouteDecision | None:
+        """No redirect, rewrite or sampled mirror: the forward decision is the same for every request."""
+        rule, own = self.filters, backend.filters
+        if backend.target is None or rule.unresolvable or own.unresolvable:
+            return None
+        if rule.redirect is not None or own.redirect is not None or (own.rewrite or rule.rewrite) is not None:
+            return None
+        mirrors = rule.mirrors + own.mirrors
+        if any(m.percent < 100.0 for m in mirrors):
+            return None  # sampled per request
+        return self._forward(backend, None, None, tuple(m.target for m in mirrors))
+
+    def _forward(
+        self, backend: Backend, new_path: str | None, new_authority: str | None, mirrors: tuple[ServiceRef, ...]
+    ) -> RouteDecision:
+        rule, own = self.filters, backend.filters
+        return RouteDecision(
+            kind=DecisionKind.FORWARD,
+            backend=backend.target,
+            new_path=new_path,
+            new_authority=new_authority,
+            request_headers=rule.request_headers + own.request_headers,
+            response_headers=rule.response_headers + own.response_headers,
+            mirrors=mirrors,
+            request_timeout_s=self.request_timeout_s,
+            backend_timeout_s=self.backend_timeout_s,
+            retry=self.retry,
+            route_name=self.route_name,
+        )
 
     @classmethod
     def build(
@@ -161,8 +198,13 @@ class CompiledRule:
         total = self.cumulative[-1] if self.cumulative else 0
         if total == 0:
             return self._local(500, "no backend with weight > 0")
-        pick = 0 if len(self.backends) == 1 else bisect_right(self.cumulative, rng.random() * total)
-        backend = self.backends[min(pick, len(self.backends) - 1)]
+        pick = 0 if len(self.backends) == 1 else min(
+            bisect_right(self.cumulative, rng.random() * total), len(self.backends) - 1
+        )
+        fixed = self.fixed[pick]
+        if fixed is not None:
+            return fixed
+        backend = self.backends[pick]
         if backend.target is None:
             return self._local(500, backend.problem or "invalid backend")
         own = backend.filters
@@ -173,19 +215,7 @@ class CompiledRule:
                 own.redirect, parts, path_match, rule.response_headers + own.response_headers
             )
         new_path, new_authority = self._rewrite(own.rewrite or rule.rewrite, parts, path_match)
-        return RouteDecision(
-            kind=DecisionKind.FORWARD,
-            backend=backend.target,
-            new_path=new_path,
-            new_authority=new_authority,
-            request_headers=rule.request_headers + own.request_headers,
-            response_headers=rule.response_headers + own.response_headers,
-            mirrors=self._mirrors(rule.mirrors + own.mirrors, rng),
-            request_timeout_s=self.request_timeout_s,
-            backend_timeout_s=self.backend_timeout_s,
-            retry=self.retry,
-            route_name=self.route_name,
-        )
+        return self._forward(backend, new_path, new_authority, self._mirrors(rule.mirrors + own.mirrors, rng))
 
     def _local(self, status: int, reason: str) -> RouteDecision:
         return RouteDecision(

@@ -11,7 +11,6 @@ then most header matches, with the same tie breaks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from waypoint.l7.routing.decision import RequestView
@@ -20,15 +19,17 @@ from waypoint.l7.routing.model import GRPCRouteMatch, HeaderMatch, HTTPRouteMatc
 _PATH_RANK = {"Exact": 3, "PathPrefix": 2, "RegularExpression": 1}
 
 
-@dataclass(slots=True)
 class RequestParts:
     """What matching reads from one request, each piece computed at most once."""
 
-    view: RequestView
-    path: str  # without the query
-    query: str
-    _headers: dict[str, str] | None = field(default=None)
-    _params: dict[str, str] | None = field(default=None)
+    __slots__ = ("_headers", "_params", "path", "query", "view")
+
+    def __init__(self, view: RequestView, path: str, query: str) -> None:
+        self.view = view
+        self.path = path  # without the query
+        self.query = query
+        self._headers: dict[str, str | None] | None = None
+        self._params: dict[str, str] | None = None
 
     @classmethod
     def of(cls, view: RequestView) -> RequestParts:
@@ -36,13 +37,15 @@ class RequestParts:
         return cls(view, path or "/", query)
 
     def header(self, name: str) -> str | None:
-        """Repeated headers are seen joined with "," as Envoy's header matcher sees them."""
-        if self._headers is None:
-            joined: dict[str, str] = {}
-            for k, v in self.view.headers:
-                joined[k] = f"{joined[k]},{v}" if k in joined else v
-            self._headers = joined
-        return self._headers.get(name)
+        """Repeated headers are seen joined with "," as Envoy's header matcher sees them. Only the
+        names the table asks for are looked up (and remembered, as several matches may ask)."""
+        seen = self._headers
+        if seen is None:
+            seen = self._headers = {}
+        elif name in seen:
+            return seen[name]
+        value = seen[name] = self.view.header(name)
+        return value
 
     def param(self, name: str) -> str | None:
         """First value of a query parameter, percent-decoded."""
@@ -61,7 +64,7 @@ def path_matches(m: PathMatch, path: str) -> bool:
     if m.type == "Exact":
         return path == m.value
     if m.type == "PathPrefix":
-        prefix = m.value.rstrip("/")  # "a trailing / is ignored"; "/" itself becomes ""
+        prefix = m.prefix  # "a trailing / is ignored"; "/" itself becomes ""
         if not prefix:
             return True
         # element-wise: "/abc" matches "/abc", "/abc/", "/abc/def" but not "/abcd"
@@ -132,7 +135,7 @@ def grpc_precedence(m: GRPCRouteMatch) -> tuple[int, ...]:
 def matched_prefix(m: PathMatch, path: str) -> str:
     """The part of ``path`` a ReplacePrefixMatch replaces: the prefix value without its trailing "/"."""
     if m.type == "PathPrefix":
-        return m.value.rstrip("/")
+        return m.prefix
     if m.type == "Exact":
         return path.rstrip("/")
     return ""

@@ -11,7 +11,7 @@ Header names are lower case: HTTP header names are case-insensitive and the rout
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -23,6 +23,12 @@ class PathMatch:
     type: str  # "Exact" | "PathPrefix" | "RegularExpression"
     value: str
     regex: re.Pattern[str] | None = None  # compiled once at parse time for RegularExpression
+    # PathPrefix: the value without its trailing "/" ("a trailing / is ignored"; "/" becomes ""),
+    # worked out once rather than for every request matched against it
+    prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", self.value.rstrip("/"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ GAMMA specifics (GEP-1294, conformance ``tests/mesh``):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from waypoint.l7.routing.refs import GatewayParent, Parent, ServiceIndex, attach
 from waypoint.l7.routing.rewrite import split_authority
 
 GRPC_UNIMPLEMENTED = "12"
+_UNROUTED_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,17 @@ class Entry:
     rule: CompiledRule
     hostnames: tuple[str, ...]  # empty: any host (always empty for Service parents)
     sort_key: tuple[Any, ...]
+    # matches every request (PathPrefix "/" and nothing else, any host): no per-request test
+    catch_all: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        m = self.match
+        if isinstance(m, HTTPRouteMatch):
+            everything = m.path.type == "PathPrefix" and not m.path.prefix and not m.query_params
+        else:
+            everything = True
+        catch_all = not self.hostnames and everything and m.method is None and not m.headers
+        object.__setattr__(self, "catch_all", catch_all)
 
     @property
     def grpc(self) -> bool:
@@ -91,6 +103,7 @@ class RouteTable:
         self.parent = parent
         self._producer = producer
         self._consumers = dict(consumers)
+        self._by_host = isinstance(parent, GatewayParent)  # hostnames match only on Gateway parents
 
     @classmethod
     def build(
@@ -129,14 +142,15 @@ class RouteTable:
         return audience.http_first
 
     def resolve(self, request: RequestView, rng: Rng) -> RouteDecision:
-        audience = self._consumers.get(request.source_namespace or "", self._producer)
+        consumers = self._consumers
+        audience = consumers.get(request.source_namespace or "", self._producer) if consumers else self._producer
         ordered = audience.grpc_first if request.grpc else audience.http_first
         if not ordered:
             return forward_unrouted(request)
         parts = RequestParts.of(request)
-        host = split_authority(request.authority)[0].lower() if isinstance(self.parent, GatewayParent) else ""
+        host = split_authority(request.authority)[0].lower() if self._by_host else ""
         for entry in ordered:
-            if entry.matches(parts, host):
+            if entry.catch_all or entry.matches(parts, host):
                 path_match = entry.match.path if isinstance(entry.match, HTTPRouteMatch) else None
                 return entry.rule.decide(parts, path_match, rng)
         extra = {"reason": "no matching route rule"}
@@ -150,6 +164,8 @@ class RouteTables:
 
     def __init__(self, tables: Mapping[ServiceRef, RouteTable]) -> None:
         self._tables = dict(tables)
+        # unrouted decisions by dialled service port: immutable values, reused (capped, see resolve)
+        self._unrouted: dict[ServiceRef | None, RouteDecision] = {}
 
     @classmethod
     def build(
@@ -173,15 +189,25 @@ class RouteTables:
         return self._tables.get(dialled)
 
     def resolve(self, request: RequestView, rng: Rng) -> RouteDecision:
-        table = self._tables.get(request.dialled) if request.dialled is not None else None
-        if table is None:  # a pod dialled directly, or a service with no route (MeshFrontend, MeshBasic)
-            return forward_unrouted(request)
-        return table.resolve(request, rng)
+        dialled = request.dialled
+        table = self._tables.get(dialled) if dialled is not None else None
+        if table is not None:
+            return table.resolve(request, rng)
+        # a pod dialled directly, or a service with no route (MeshFrontend, MeshBasic)
+        unrouted = self._unrouted
+        decision = unrouted.get(dialled)
+        if decision is None:
+            if len(unrouted) >= _UNROUTED_LIMIT:  # any port of a VIP can be dialled: stay bounded
+                unrouted.clear()
+            decision = unrouted[dialled] = forward_unrouted(request)
+        return decision
 
 
 class BoundResolver:
     """``RouteTables`` with its random source bound: the one-argument ``resolve(view)`` that the
     router filter's ``RouteResolver`` protocol (``waypoint/l7/router.py``) calls."""
+
+    __slots__ = ("_rng", "_tables")
 
     def __init__(self, tables: RouteTables, rng: Rng) -> None:
         self._tables = tables
