@@ -290,3 +290,14 @@ async def test_a_chunked_body_with_trailers_ends_with_the_trailers() -> None:
     assert events == [
         ("headers", 200, False), ("data", b"abc", False), ("data", b"de", False), ("trailers", [(b"x-t", b"1")])
     ]
+
+
+def test_request_head_bytes_round_trip_through_latin_1() -> None:
+    """A raw byte >= 0x80 in the target (decoded as latin-1 by both codecs) reaches upstream unchanged."""
+    from waypoint.l7.h1_client import encode_request_head
+    from waypoint.l7.message import RequestHead
+
+    raw_path = b"/caf\xe9?q=\xff"
+    head = RequestHead("GET", raw_path.decode("latin-1"), "echo:80", [])
+    encoded = encode_request_head(head, chunked=False)
+    assert encoded.startswith(b"GET /caf\xe9?q=\xff HTTP/1.1\r\nhost: echo:80\r\n")

@@ -101,6 +101,11 @@ def test_header_names_are_lower_cased_and_first_duplicate_wins() -> None:
         ({"retry": {"codes": [200]}}, "spec.rules[0].retry.codes[0]"),
         ({"retry": {"backoff": "1d"}}, "spec.rules[0].retry.backoff"),
         (
+            {"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {
+                "type": "ReplaceFullPath", "replaceFullPath": "/caf\u00e9"}}}]},
+            "spec.rules[0].filters[0].urlRewrite.path.replaceFullPath",
+        ),
+        (
             {
                 "matches": [{"path": {"type": "Exact", "value": "/a"}}],
                 "filters": [

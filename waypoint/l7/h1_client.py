@@ -21,10 +21,15 @@ from waypoint.l7.upstream import ResponseHandler as ResponseHandler  # re-export
 
 
 def encode_request_head(head: RequestHead, chunked: bool) -> bytes:
-    """Request line, ``host``, the filtered headers and our own framing headers, ending the head."""
-    start = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (head.method.encode(), head.path.encode(), head.authority.encode())
+    """Request line, ``host``, the filtered headers and our own framing headers, ending the head.
+
+    Latin-1 both ways (the codecs decode the target and authority so): every byte the client sent,
+    0x80 and above included, reaches the upstream unchanged."""
+    start = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
+        head.method.encode("latin-1"), head.path.encode("latin-1"), head.authority.encode("latin-1")
+    )
     if head.upgrade is not None:
-        framing = b"connection: upgrade\r\nupgrade: " + head.upgrade.encode() + b"\r\n\r\n"
+        framing = b"connection: upgrade\r\nupgrade: " + head.upgrade.encode("latin-1") + b"\r\n\r\n"
     elif chunked:
         framing = b"transfer-encoding: chunked\r\n\r\n"
     else:

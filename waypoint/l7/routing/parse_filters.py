@@ -126,6 +126,8 @@ def _path_modifier(raw: Any, path: str) -> PathModifier | None:
         raise ManifestError(f"{path}.type", f"unknown path modifier type {kind!r}")
     if value and not value.startswith("/"):
         raise ManifestError(field, "must start with '/'")
+    if not value.isascii():  # the CRD's path pattern: percent-encode anything else
+        raise ManifestError(field, "must be ASCII (percent-encode other characters)")
     return PathModifier(kind, value)
 
 
