@@ -90,6 +90,8 @@ class WaypointRole:
         *,
         identity: Identity | None = None,
         extra_filters: Sequence[Filter] = (),
+        authorization: Sequence[Filter] = (),
+        telemetry: Sequence[Filter] = (),
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -110,8 +112,9 @@ class WaypointRole:
         self.connector = HboneConnector(self.pool, self.identity, source_ip=source_ip)
         self.upstreams = ProtocolPool(self.connector)
         self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
-        filters = [RequestId(), Forwarded(), *self._configured_filters(state), *extra_filters]
-        self.chain = FilterChain(filters, self.router)
+        self.chain = FilterChain(
+            chain_order(authorization, self._configured_filters(state), extra_filters, telemetry), self.router
+        )
         self.server = HboneServer(
             lambda _ip: self._server_ctx,
             lambda ssl_object: tls.verify_client(ssl_object, settings.trust_domain),
@@ -266,6 +269,19 @@ class WaypointRole:
             "refusals": dict(self.refusals),
             "routes": self._current.config.status_dump(),
         }
+
+
+def chain_order(
+    authorization: Sequence[Filter],
+    configured: Sequence[Filter],
+    extra: Sequence[Filter],
+    telemetry: Sequence[Filter],
+) -> list[Filter]:
+    """The waypoint's filters in Istio's order (``IS:pilot/pkg/networking/core/listener_waypoint.go``
+    ``buildWaypointHTTPFilters``): authorization first (ext_authz for CUSTOM, then RBAC), so a denied
+    request costs nothing else; then request ids and x-forwarded-*, the Gateway's configured filters
+    and any given in code; telemetry last before the router, so it sees every request that was routed."""
+    return [*authorization, RequestId(), Forwarded(), *configured, *extra, *telemetry]
 
 
 def waypoint_address(state: MeshState, wp: Waypoint) -> str | None:
