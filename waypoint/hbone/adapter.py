@@ -138,7 +138,9 @@ class HboneConnectionProtocol(asyncio.BufferedProtocol):
                 self._on_event(ev)
         if not self.ready.done() and self.conn.settings_received:
             self.ready.set_result(None)
-        self.schedule_flush()
+        conn = self.conn
+        if conn.dead or conn.has_output():  # a read of DATA alone has nothing to answer:
+            self.schedule_flush()  # no flush callback, no empty take_output, per message
 
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, TunnelRequested):

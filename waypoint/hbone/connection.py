@@ -114,6 +114,12 @@ class HboneConnection:
         self._out = []
         return out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
 
+    def has_output(self) -> bool:
+        """Is anything queued to write (h2's own frames included)? Lets the edge skip a flush
+        after a read that produced nothing to send: most reads of a tunnel carry only DATA."""
+        self._pull()
+        return bool(self._out)
+
     def take_output(self, max_bytes: int = 256 * 1024) -> list[bytes | memoryview]:
         """Up to ``max_bytes`` of what to write, in wire order, as buffers for one
         ``writelines`` (large payloads as views, not copied); the rest stays queued.
