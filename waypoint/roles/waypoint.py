@@ -123,7 +123,6 @@ class WaypointRole:
             keepalive_s=settings.keepalive_s,
             ping_timeout_s=settings.ping_timeout_s,
         )
-        self._tcp_picks: dict[ServiceRef, int] = {}
         self.refusals: dict[str, int] = {}
 
     @staticmethod
@@ -218,47 +217,43 @@ class WaypointRole:
         return choose
 
     def _tcp_target(self, info: DownstreamInfo) -> UpstreamTarget | None:
-        """Opaque TCP goes to an endpoint of the dialled service (round robin), or to the pod dialled."""
-        config = self._current.config
+        """Opaque TCP goes to an endpoint of the dialled service (the router's picker), or to the pod dialled."""
         if info.dialled is not None:
-            endpoints = config.endpoints(info.dialled)
-            if not endpoints:
-                return None
-            i = self._tcp_picks.get(info.dialled, 0)
-            self._tcp_picks[info.dialled] = i + 1
-            return endpoints[i % len(endpoints)]
+            return self.router.picker.pick(info.dialled)
         assert info.destination is not None
         ip, port = info.destination
-        workload = config.state.workload_by_ip(ip)
+        state = self._current.config.state
+        workload = state.workload_by_ip(ip)
         if workload is None:
             return None
-        identity = str(config.state.identity_of(workload)) if config.state.is_ambient(workload) else None
+        identity = str(state.identity_of(workload)) if state.is_ambient(workload) else None
         return UpstreamTarget(ip, port, None, identity=identity)
 
-    async def _relay_tcp(self, request: TunnelRequest, info: DownstreamInfo) -> None:
-        """TCP: dial first, answer 200 only once the upstream is up (server-first protocols work)."""
+    async def _dial(self, relay: Relay, info: DownstreamInfo) -> BaseException | None:
+        """Connect the relay's upstream end; the error, or None once it is up."""
         target = self._tcp_target(info)
         if target is None:
-            request.reject(503)
-            return
-        relay = Relay()
+            return ConnectionRefusedError("no healthy upstream")
         try:
             await self.connector.connect(target, lambda: relay.upstream)
         except (OSError, TimeoutError) as exc:
             log.info("waypoint TCP upstream %s:%d failed: %s", target.address, target.port, exc)
+            return exc
+        return None
+
+    async def _relay_tcp(self, request: TunnelRequest, info: DownstreamInfo) -> None:
+        """TCP: dial first, answer 200 only once the upstream is up (server-first protocols work)."""
+        relay = Relay()
+        if await self._dial(relay, info) is not None:
             request.reject(503)
             return
         request.accept(lambda: relay.downstream)
 
     async def _connect_relay(self, relay: Relay, info: DownstreamInfo) -> None:
-        target = self._tcp_target(info)
-        if target is None:
-            relay.fail(ConnectionRefusedError("no healthy upstream"))
-            return
-        try:
-            await self.connector.connect(target, lambda: relay.upstream)
-        except (OSError, TimeoutError) as exc:
-            relay.fail(exc)
+        """Sniffed TCP: the tunnel is already accepted; a failed dial ends it."""
+        error = await self._dial(relay, info)
+        if error is not None:
+            relay.fail(error)
 
     def config_dump(self) -> Mapping[str, Any]:
         return {
