@@ -155,20 +155,12 @@ class H2UpstreamStream:
         if self.finished:
             return
         session = self.conn.session
-        out = self.out
-        while out:
-            chunk = out[0]
-            n = session.send_data(self.sid, chunk)
-            self.queued -= n
-            if n < len(chunk):
-                out[0] = memoryview(chunk)[n:]
-                break
-            out.popleft()
+        self.queued -= hs.send_queued(session, self.sid, self.out)
         if self.out_paused and self.queued < OUT_LOW:
             self.out_paused = False
             if self.handler is not None:
                 self.handler.on_upstream_writable(True)
-        if not out:
+        if not self.out:
             with contextlib.suppress(hs.H2ProtocolError):
                 if self.trailers_pending is not None:
                     trailers, self.trailers_pending = self.trailers_pending, None

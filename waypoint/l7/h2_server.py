@@ -190,20 +190,12 @@ class _DownStream:
         if self.closed:
             return
         session = self.server.session
-        out = self.out
-        while out:
-            chunk = out[0]
-            n = session.send_data(self.sid, chunk)
-            self.queued -= n
-            if n < len(chunk):
-                out[0] = memoryview(chunk)[n:]
-                break
-            out.popleft()
+        self.queued -= hs.send_queued(session, self.sid, self.out)
         if self.out_paused and self.queued < OUT_LOW:
             self.out_paused = False
             if self.stream.response_flow is not None:
                 self.stream.response_flow.resume_reading()
-        if not out and (self.trailers_pending is not None or self.end_pending):
+        if not self.out and (self.trailers_pending is not None or self.end_pending):
             with contextlib.suppress(hs.H2ProtocolError):
                 if self.trailers_pending is not None:
                     session.send_headers(self.sid, self.trailers_pending, True)

@@ -21,6 +21,7 @@ Headers stay bytes end to end, as :mod:`waypoint.l7.message` holds them.
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 from waypoint.l7 import h2_fast as w
 from waypoint.l7 import h2_fields
@@ -349,3 +350,18 @@ class H2Session(SessionState):
             if sid & 1 == self._mine and sid > last:
                 self._remove(self._streams[sid])
                 events.append(StreamReset(sid, w.REFUSED_STREAM))
+
+
+def send_queued(session: H2Session, stream_id: int, out: deque[bytes | memoryview]) -> int:
+    """Send a stream's queued body chunks as far as the peer's windows allow; what does not fit
+    stays at the head of ``out``. Returns the bytes sent (both codecs keep a queued-bytes count)."""
+    sent = 0
+    while out:
+        chunk = out[0]
+        n = session.send_data(stream_id, chunk)
+        sent += n
+        if n < len(chunk):
+            out[0] = memoryview(chunk)[n:]
+            break
+        out.popleft()
+    return sent
