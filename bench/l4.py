@@ -220,6 +220,7 @@ async def run_scenario(running: Running, target: TargetServer, seconds: float) -
     meter = CpuMeter(running.pids)
     bulk1 = await bulk_throughput(connect, target, 1, seconds, meter)
     bulk8 = await bulk_throughput(connect, target, 8, seconds, meter)
+    await ping_pong(connect, 0.5)  # warm-up, unmeasured: the bulk streams' tail drains first (both scenarios)
     rtt = await ping_pong(connect, seconds)
     return L4Result(bulk1, bulk8, rtt, {role: peak_rss_mib(pid) for role, pid in running.pids.items()})
 
