@@ -331,3 +331,22 @@ def test_received_payloads_are_views_of_an_owned_buffer_else_of_a_copy() -> None
     assert type(event.data.obj) is bytes
     kept[:] = b"\0" * len(kept)  # the caller reuses its buffer: what we delivered is unchanged
     assert bytes(event.data) == b"again"
+
+
+def test_data_sink_gets_payloads_directly_but_never_ahead_of_a_queued_event() -> None:
+    client, server = pair()
+    got: list[tuple[int, bytes]] = []
+    server.data_sink = lambda sid, data: got.append((sid, bytes(data)))
+    first = client.open_tunnel("10.0.0.1:80")
+    assert isinstance(xfer(client, server)[0], TunnelRequested)
+    server.accept(first)
+    xfer(server, client)
+    assert client.send(first, b"ping") == 4
+    assert xfer(client, server) == [] and got == [(first, b"ping")]  # no event object per frame
+    # a new tunnel's HEADERS and its first DATA in one read: the DATA waits behind the request
+    second = client.open_tunnel("10.0.0.2:80")
+    client._send_open.add(second)  # send early, as a client may before the answer
+    assert client.send(second, b"early") == 5
+    events = xfer(client, server)
+    assert isinstance(events[0], TunnelRequested) and events[1] == DataReceived(second, events[1].data)  # type: ignore[union-attr]
+    assert bytes(events[1].data) == b"early" and got == [(first, b"ping")]  # type: ignore[union-attr]

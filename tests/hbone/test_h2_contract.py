@@ -42,3 +42,14 @@ def test_outbound_window_attributes_move_with_our_debit() -> None:
     assert h2compat.send_window(conn, sid) == before - 1000
     assert not h2compat.is_closed(conn)
     assert h2compat.highest_inbound_stream_id(server._h2) == sid
+
+
+def test_pending_output_peek_sees_exactly_what_data_to_send_returns() -> None:
+    conn = h2compat.new_h2(client_side=True, local={})
+    queued = bytes(conn._data_to_send)  # the preface and SETTINGS, queued at start
+    assert queued
+    assert h2compat.take_pending_output(conn) == queued
+    assert h2compat.take_pending_output(conn) == b""
+    conn.ping(b"12345678")
+    assert h2compat.take_pending_output(conn)[3] == 6  # a PING frame (RFC 9113 §6.7)
+    assert conn.data_to_send() == b""

@@ -14,6 +14,7 @@ server max concurrent streams 100, push disabled.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h2.events as h2e
@@ -42,6 +43,8 @@ from waypoint.hbone.output import take_writes
 h2compat.quiet_frame_repr()
 
 MiB = 1 << 20
+DataSink = Callable[[int, memoryview], None]
+_DATA_KINDS = (fp.SEG_PAYLOAD, fp.SEG_DATA_END)
 _DEFAULT_WINDOW = 65535
 
 
@@ -92,6 +95,11 @@ class HboneConnection:
         self.goaway_received = False
         self.settings_received = False  # the peer's first SETTINGS arrived (its stream cap is known)
         self.dead = False
+        self.data_sink: DataSink | None = None
+        """Optional ``(stream_id, payload)`` receiver: a payload with no event of the same
+        ``receive_data`` call before it and only payloads/DATA ends after it goes straight to it
+        instead of becoming a ``DataReceived`` (order and ``is_send_open`` semantics kept). Saves
+        an event object and a dispatch per message on the ping-pong path."""
         self._pull()
         if s.connection_window > _DEFAULT_WINDOW:
             self._out.append(fp.window_update(0, s.connection_window - _DEFAULT_WINDOW))
@@ -100,7 +108,7 @@ class HboneConnection:
 
     def _pull(self) -> None:
         """Move h2's queued output to ours, keeping wire order with frames we build."""
-        data = self._h2.data_to_send()
+        data = h2compat.take_pending_output(self._h2)
         if data:
             self._out.append(data)
 
@@ -138,11 +146,16 @@ class HboneConnection:
         if not owned and type(data) is not bytes:
             data = bytes(data)  # payload views must stay valid
         events: list[HboneEvent] = []
-        for seg in self._split.feed(data):
+        segs = self._split.feed(data)
+        direct = _direct_from(segs) if self.data_sink is not None else len(segs)
+        for i, seg in enumerate(segs):
             kind = seg[0]
             if kind == fp.SEG_PAYLOAD:
                 if self._cur is not None:
-                    events.append(DataReceived(seg[1], seg[2]))
+                    if i >= direct and not events:
+                        self.data_sink(seg[1], seg[2])  # type: ignore[misc]
+                    else:
+                        events.append(DataReceived(seg[1], seg[2]))
             elif kind == fp.SEG_DATA_START:
                 self._data_start(seg[1], seg[2], events)
             elif kind == fp.SEG_DATA_END:
@@ -410,6 +423,17 @@ class HboneConnection:
     @property
     def closing(self) -> bool:
         return self.dead or self.goaway_received or self._goaway_sent is not None
+
+
+def _direct_from(segs: list[tuple]) -> int:  # type: ignore[type-arg]
+    """The first segment index after which only payloads and DATA ends follow: payloads from
+    there on may go to the ``data_sink`` at once, since no reset, GOAWAY or error later in the
+    read can change what the consumer should see before it (``is_send_open`` turns False as
+    soon as such a frame is *read*, before any delivery of the same read)."""
+    i = len(segs)
+    while i and segs[i - 1][0] in _DATA_KINDS:
+        i -= 1
+    return i
 
 
 def _headers(raw: object) -> Headers:

@@ -3,7 +3,8 @@
 Why we reach in at all (envoy-peer.md, "What made the difference" item 6): DATA frames of
 established tunnels bypass h2 entirely (our own framing both ways), so h2's *outbound* window
 counters must be debited by hand to stay in step with what we framed; and h2 evaluates
-``repr(frame)`` for a trace line on every received frame, eagerly, even with its no-op logger.
+``repr(frame)`` for a trace line on every received frame, eagerly, even with its no-op logger;
+and ``data_to_send`` allocates even when nothing is queued, so we peek at its buffer first.
 
 The contract test ``tests/hbone/test_h2_contract.py`` fails if any of this moves.
 """
@@ -66,6 +67,15 @@ def send_window(conn: H2Connection, stream_id: int) -> int:
     if stream is None:
         return 0
     return min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)
+
+
+def take_pending_output(conn: H2Connection) -> bytes:
+    """h2's queued output, or ``b""`` without calling ``data_to_send`` when nothing is queued:
+    we ask after every read and every send, and ``data_to_send`` allocates a ``bytes`` and a
+    fresh ``bytearray`` each time even when empty (4 calls per relayed message)."""
+    if not conn._data_to_send:
+        return b""
+    return conn.data_to_send()
 
 
 def is_closed(conn: H2Connection) -> bool:
