@@ -119,14 +119,7 @@ class H2UpstreamStream:
             return
         session = self.conn.session
         if chunk:
-            if self.out:
-                self.out.append(chunk)
-                self.queued += len(chunk)
-            else:
-                n = session.send_data(self.sid, chunk)
-                if n < len(chunk):
-                    self.out.append(memoryview(chunk)[n:])
-                    self.queued += len(chunk) - n
+            self.queued += hs.send_or_queue(session, self.sid, chunk, self.out)
             if self.queued > OUT_HIGH and not self.out_paused and self.handler is not None:
                 self.out_paused = True
                 self.handler.on_upstream_writable(False)

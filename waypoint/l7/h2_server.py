@@ -123,14 +123,7 @@ class _DownStream:
             return
         session = self.server.session
         if chunk:
-            if self.out:
-                self.out.append(chunk)
-                self.queued += len(chunk)
-            else:
-                n = session.send_data(self.sid, chunk)
-                if n < len(chunk):
-                    self.out.append(memoryview(chunk)[n:])
-                    self.queued += len(chunk) - n
+            self.queued += hs.send_or_queue(session, self.sid, chunk, self.out)
             if self.queued > OUT_HIGH and not self.out_paused:
                 self.out_paused = True
                 if self.stream.response_flow is not None:

@@ -352,6 +352,18 @@ class H2Session(SessionState):
                 events.append(StreamReset(sid, w.REFUSED_STREAM))
 
 
+def send_or_queue(session: H2Session, stream_id: int, chunk: bytes, out: deque[bytes | memoryview]) -> int:
+    """Send a body chunk now as far as the windows allow, behind anything already queued; the rest
+    joins ``out``. Returns the bytes queued (both codecs keep the count for their pause mark)."""
+    if out:
+        out.append(chunk)
+        return len(chunk)
+    n = session.send_data(stream_id, chunk)
+    if n < len(chunk):
+        out.append(memoryview(chunk)[n:])
+    return len(chunk) - n
+
+
 def send_queued(session: H2Session, stream_id: int, out: deque[bytes | memoryview]) -> int:
     """Send a stream's queued body chunks as far as the peer's windows allow; what does not fit
     stays at the head of ``out``. Returns the bytes sent (both codecs keep a queued-bytes count)."""
