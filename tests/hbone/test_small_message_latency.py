@@ -6,23 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from tests.hbone.test_tls_loopback import Mesh, Sink, open_sockets, start_mesh, until
+from tests.hbone.test_tls_loopback import Mesh, Sink, until
 from waypoint.hbone.connection import HboneConnection
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    fds = open_sockets()
-    m = await start_mesh()
-    yield m
-    await m.pool.close()
-    await m.server.close(grace_s=1.0)
-    await until(lambda: open_sockets() <= fds)
 
 
 def _owner(stream: Any) -> Any:

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -168,15 +168,6 @@ def open_sockets() -> int:
     return count
 
 
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    fds = open_sockets()
-    m = await start_mesh()
-    yield m
-    await m.pool.close()
-    await m.server.close(grace_s=1.0)
-    await until(lambda: open_sockets() <= fds)
-    assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set()
 
 
 async def test_echo_through_server_and_pool(mesh: Mesh) -> None:
