@@ -13,6 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from tests.l7h2.test_grpc import _bidi, _server_stream, _unary  # the same echo handlers
+
 from . import manifests as m
 from .apps import EchoApp
 from .clients import socks5_socket, socks_forwarder
@@ -41,20 +43,6 @@ async def test_httpx_through_the_waypoint(make_mesh: MeshFactory, echo_apps: dic
             assert seen["headers"]["x-forwarded-proto"] == "http"
     # ... round robin over both pods of the service.
     assert {len(echo_apps["v1"].seen), len(echo_apps["v2"].seen)} == {2}
-
-
-def _unary(request: bytes, context: grpc.ServicerContext) -> bytes:
-    return b"echo:" + request
-
-
-def _server_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-    for i in range(int(request)):
-        yield b"item-%d" % i
-
-
-def _bidi(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-    for r in requests:
-        yield r.upper()
 
 
 def _fail(request: bytes, context: grpc.ServicerContext) -> bytes:
