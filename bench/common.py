@@ -4,18 +4,26 @@ Methodology (bench/README.md): ours and Envoy run in the same invocation on the 
 and are compared per CPU-second of each proxy process, read from ``/proc/<pid>/stat`` (utime +
 stime deltas over the load phase) and ``/proc/<pid>/status`` (VmHWM, the peak RSS). The load
 generators are uvloop protocols writing one preallocated buffer, so they cost little next to
-the proxies; the whole machine is loopback-only and every phase is bounded in seconds.
+the proxies; round trips take several connections in turn (:class:`RoundRobinPings`) so their
+samples share the machine's conditions, and repeated figures are reported as a :class:`Spread`.
+The whole machine is loopback-only and every phase is bounded in seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import re
 import shutil
+import socket
+import statistics
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -67,6 +75,41 @@ class Running:
 
 class NotAvailable(Exception):
     """A scenario that cannot run here (ours not built yet, a tool missing); printed, not fatal."""
+
+
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "waypoint-bench.lock"
+
+
+@contextlib.contextmanager
+def machine_to_ourselves(lock: Path = MACHINE_LOCK) -> Iterator[None]:
+    """Hold the machine-wide bench lock (``flock``): a second bench run waits here instead of
+    binding the same fixed loopback addresses or stealing CPU from this one's measured windows."""
+    with lock.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            print(f"waiting for another bench run to finish ({handle.read().strip() or lock})", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}: {' '.join(sys.argv)}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_free(addresses: Iterable[tuple[str, int]]) -> None:
+    """Fail loudly, before starting anything, when a fixed bench address is taken (a stray process
+    or a script that skips the lock): a proxy that cannot bind may still report ready."""
+    for address in addresses:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no owner
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise NotAvailable(f"{address[0]}:{address[1]} is in use ({error.strerror}); another bench?") from None
 
 
 # --- L4 target: one server that sinks or echoes -------------------------------------------------
@@ -154,82 +197,139 @@ class BulkResult:
         return self.cpu[process] / (self.delivered / GB) if self.delivered else float("nan")
 
 
+Connect = Callable[[Callable[[], asyncio.Protocol]], Awaitable[asyncio.Transport]]
+"""Opens one connection to a scenario's entry with the given protocol (plain TCP, or SOCKS5 first)."""
+
+
 async def bulk_throughput(
-    address: tuple[str, int],
-    target: TargetServer,
-    streams: int,
-    seconds: float,
-    meter: CpuMeter,
-    warmup: float = 0.5,
+    connect: Connect, target: TargetServer, streams: int, seconds: float, meter: CpuMeter, warmup: float = 0.5
 ) -> BulkResult:
-    """Push bytes to ``target`` through ``address`` on ``streams`` connections; meter one window."""
-    loop = asyncio.get_running_loop()
+    """Push bytes to ``target`` through ``connect`` on ``streams`` connections; meter one window."""
     chunk = os.urandom(256 * 1024)
-    conns = [await loop.create_connection(lambda: _Blaster(chunk), *address) for _ in range(streams)]
+    conns = [await connect(lambda: _Blaster(chunk)) for _ in range(streams)]
     await asyncio.sleep(warmup)
     start_bytes, start = target.received, time.perf_counter()
     meter.start()
     await asyncio.sleep(seconds)
     cpu = meter.stop()
     delivered, elapsed = target.received - start_bytes, time.perf_counter() - start
-    for transport, _ in conns:
+    for transport in conns:
         transport.abort()
     return BulkResult(delivered, elapsed, cpu)
 
 
-class _PingPong(asyncio.Protocol):
-    def __init__(self, size: int, until: float, done: asyncio.Future[list[int]]) -> None:
-        self._payload = b"p" * size
-        self._until, self._done = until, done
+class _Leg(asyncio.Protocol):
+    """One connection of :class:`RoundRobinPings`: echo mode, then one message at a time, each
+    echo's round-trip time handed straight back (a callback, no future: no extra loop turn)."""
+
+    def __init__(self, pings: RoundRobinPings, index: int) -> None:
+        self._pings, self._index = pings, index
         self._pending = 0
         self._sent_at = 0
-        self.samples: list[int] = []
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.write(ECHO)
-        self._send()
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(ECHO)
 
-    def _send(self) -> None:
-        assert self._transport is not None
-        self._pending = len(self._payload)
+    def send(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self._pending = len(payload)
         self._sent_at = time.perf_counter_ns()
-        self._transport.write(self._payload)
+        self.transport.write(payload)
 
     def data_received(self, data: bytes) -> None:
         self._pending -= len(data)
-        if self._pending > 0:
-            return
-        now = time.perf_counter_ns()
-        self.samples.append(now - self._sent_at)
-        if now / 1e9 < self._until:
-            self._send()
-        elif not self._done.done():
-            self._done.set_result(self.samples)
+        if self._pending <= 0:
+            self._pings.echoed(self._index, time.perf_counter_ns() - self._sent_at)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._done.done():
-            self._done.set_result(self.samples)
+        self._pings.lost(self._index, exc)
 
 
-async def ping_pong(address: tuple[str, int], seconds: float, size: int = 64) -> list[int]:
-    """Round-trip times (ns) of ``size``-byte messages, one at a time on one connection."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[list[int]] = loop.create_future()
-    until = time.perf_counter_ns() / 1e9 + seconds
-    transport, _ = await loop.create_connection(lambda: _PingPong(size, until, done), *address)
-    try:
-        return await asyncio.wait_for(done, seconds + 10)
-    finally:
-        transport.close()
+class RoundRobinPings:
+    """Round trips on several connections in turn: a message on the first, its echo, then one on the
+    second, ... then the first again. A round gives every connection one sample under the same
+    machine conditions, so a busy neighbour shifts them all alike and differences stay fair; only
+    one connection is ever in flight, so the proxies never compete with each other either."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._payload = b"p" * size
+        self._legs: list[_Leg] = []
+        self._samples: list[list[int]] = []
+        self._until_ns = 0
+        self._done: asyncio.Future[None] | None = None
+        self._broken: str | None = None
+
+    async def add(self, connect: Connect) -> None:
+        leg = _Leg(self, len(self._legs))
+        await connect(lambda: leg)
+        self._legs.append(leg)
+
+    async def run(self, seconds: float) -> list[list[int]]:
+        """Whole rounds for ``seconds``: per connection (in :meth:`add` order) its round-trip times
+        in ns, round ``k`` at index ``k`` of every list."""
+        if self._broken is not None:
+            raise ConnectionError(self._broken)
+        self._samples = [[] for _ in self._legs]
+        self._until_ns = time.perf_counter_ns() + int(seconds * 1e9)
+        self._done = asyncio.get_running_loop().create_future()
+        self._legs[0].send(self._payload)
+        await asyncio.wait_for(self._done, seconds + 10)
+        return self._samples
+
+    def echoed(self, index: int, rtt_ns: int) -> None:
+        self._samples[index].append(rtt_ns)
+        following = index + 1
+        if following == len(self._legs):
+            if time.perf_counter_ns() >= self._until_ns:
+                if self._done is not None and not self._done.done():
+                    self._done.set_result(None)
+                return
+            following = 0
+        self._legs[following].send(self._payload)
+
+    def lost(self, index: int, exc: Exception | None) -> None:
+        self._broken = f"round-trip connection {index} closed: {exc!r}"
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(ConnectionError(self._broken))
+
+    def close(self) -> None:
+        self._broken = "closed"
+        for leg in self._legs:
+            if leg.transport is not None:
+                leg.transport.close()
 
 
+# --- statistics ---------------------------------------------------------------------------------
 def percentile(samples: Sequence[float], q: float) -> float:
     if not samples:
         return float("nan")
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A figure measured once per round (``--repeat``): its median and range. One run's figure can
+    be off 2-4x on a busy two-core machine, so a reader needs the range beside the median."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        kept = [value for value in values if value == value]  # NaN: a round with nothing to show
+        if not kept:
+            return cls(float("nan"), float("nan"), float("nan"))
+        return cls(statistics.median(kept), min(kept), max(kept))
+
+    def fmt(self, digits: int = 2) -> str:
+        """``median [low..high]``, or the bare value when every round agrees (or there was one)."""
+        if self.low == self.high or self.median != self.median:
+            return fmt(self.median, digits)
+        return f"{fmt(self.median, digits)} [{fmt(self.low, digits)}..{fmt(self.high, digits)}]"
 
 
 # --- HTTP load tools ----------------------------------------------------------------------------
