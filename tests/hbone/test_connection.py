@@ -8,6 +8,7 @@ import hpack
 import pytest
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
+from waypoint.buffers import OwnedBuffer
 from waypoint.hbone.connection import HboneConnection, HboneSettings, MiB
 from waypoint.hbone.events import (
     ConnectionClosed,
@@ -21,7 +22,6 @@ from waypoint.hbone.events import (
     WindowOpened,
 )
 from waypoint.hbone.fastpath import PREFACE
-from waypoint.hbone.stream import ReceiveBuffer
 
 
 def frames(data: bytes) -> list[Frame]:
@@ -320,7 +320,7 @@ def test_received_payloads_are_views_of_an_owned_buffer_else_of_a_copy() -> None
     sid = open_tunnel(client, server)
     client.send(sid, b"payload")
     wire = client.data_to_send()
-    owned = ReceiveBuffer(wire)
+    owned = OwnedBuffer(wire)
     [event] = server.receive_data(memoryview(owned), owned=True)
     assert isinstance(event, DataReceived) and bytes(event.data) == b"payload"
     assert isinstance(event.data, memoryview) and event.data.obj is owned

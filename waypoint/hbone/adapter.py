@@ -16,6 +16,7 @@ from typing import Any
 
 import h2.exceptions
 
+from waypoint.buffers import READ_SIZE, OwnedBuffer, new_buffer, next_read_size
 from waypoint.errors import TunnelError
 from waypoint.hbone.connection import HboneConnection
 from waypoint.hbone.events import (
@@ -29,24 +30,14 @@ from waypoint.hbone.events import (
     TunnelRequested,
     WindowOpened,
 )
-from waypoint.hbone.stream import CANCEL, HboneStream, ReceiveBuffer
+from waypoint.hbone.stream import CANCEL, HboneStream
 
 log = logging.getLogger(__name__)
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 WRITE_CHUNK = 256 * 1024  # plaintext handed to TLS per write: bounded copies, warm caches
-_READ_SIZE = 256 * 1024  # a read's buffer when the transport gives no size hint
-_NO_BUFFER = ReceiveBuffer()
+_NO_BUFFER = OwnedBuffer()
 Opened = tuple[HboneStream, asyncio.BaseProtocol]
-_MIN_READ = 16 * 1024  # one full TLS record's plaintext (RFC 8446 §5.1): any record fits
-
-
-def next_read_size(nbytes: int, size: int) -> int:
-    """The next read's buffer size: back to the most (``_READ_SIZE``, capped by uvloop's hint)
-    once a read filled its buffer, else twice what was read, at least one TLS record."""
-    if nbytes >= size:
-        return _READ_SIZE
-    return max(_MIN_READ, 2 * nbytes)
 
 
 class HboneConnectionProtocol(asyncio.BufferedProtocol):
@@ -88,7 +79,7 @@ class HboneConnectionProtocol(asyncio.BufferedProtocol):
         self._pings = 0
         self._extra: dict[str, Any] = {}
         self._rbuf = _NO_BUFFER
-        self._rsize = _READ_SIZE
+        self._rsize = READ_SIZE
         conn.data_sink = self._on_data
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -109,14 +100,14 @@ class HboneConnectionProtocol(asyncio.BufferedProtocol):
         self._ping_timer = self.loop.call_later(self._keepalive_s, self._send_ping)
         self._flush()
 
-    def get_buffer(self, sizehint: int) -> ReceiveBuffer:
+    def get_buffer(self, sizehint: int) -> OwnedBuffer:
         """A fresh buffer for each read: uvloop's TLS transport decrypts straight into it (no
         per-record ``bytes`` and no join of them), and the payload views handed on stay valid.
 
         Sized from the last read (:func:`next_read_size`): uvloop hints 256 KiB every time, and
         zero-filling that per 100-byte message cost ~4 us; bulk reads fill it and stay large."""
-        hint = sizehint if sizehint > 0 else _READ_SIZE
-        buf = self._rbuf = ReceiveBuffer(self._rsize if self._rsize < hint else hint)
+        hint = sizehint if sizehint > 0 else READ_SIZE
+        buf = self._rbuf = new_buffer(self._rsize if self._rsize < hint else hint)
         return buf
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -11,6 +11,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from waypoint.buffers import is_stable
 from waypoint.hbone.events import Headers
 
 if TYPE_CHECKING:
@@ -19,14 +20,6 @@ if TYPE_CHECKING:
 CANCEL = 0x8
 
 
-class ReceiveBuffer(bytearray):
-    """A buffer TLS decrypts one read into, fresh for every read and never written again, so
-    views of it (the DATA payloads handed on) stay valid as views of ``bytes`` do."""
-
-    __slots__ = ()
-
-
-_STABLE = (bytes, ReceiveBuffer)  # buffers nobody writes to again: views of them need no copy
 
 
 class HboneStream(asyncio.Transport):
@@ -123,7 +116,7 @@ class HboneStream(asyncio.Transport):
             raise RuntimeError("write() after write_eof()")  # the caller's own half-close
         if not self._conn.is_send_open(self.stream_id):
             return  # reset/GOAWAY/connection error read in this batch; its event is on its way
-        if type(data) is not bytes and not (isinstance(data, memoryview) and type(data.obj) in _STABLE):
+        if not is_stable(data):
             data = bytes(data)  # we queue views until the flush: the caller may reuse its buffer
         if not self._send and not self._owner.tls_paused:
             n = self._conn.send(self.stream_id, data)

@@ -19,7 +19,7 @@ class SniffingProtocol(asyncio.Protocol):
     """Holds the first bytes, then hands the transport to the protocol they call for."""
 
     def __init__(
-        self, choose: Callable[[str], asyncio.Protocol], sniff_timeout_s: float | None = 0.5
+        self, choose: Callable[[str], asyncio.BaseProtocol], sniff_timeout_s: float | None = 0.5
     ) -> None:
         self._choose = choose
         self._timeout = sniff_timeout_s
@@ -59,6 +59,8 @@ class SniffingProtocol(asyncio.Protocol):
         chosen = self._choose(protocol)
         transport.set_protocol(chosen)
         chosen.connection_made(transport)
+        # every candidate takes data_received, the relay's end too (it also reads buffered)
+        chosen = cast(asyncio.Protocol, chosen)
         if self._buffer:
             chosen.data_received(self._buffer)
         if self._eof:

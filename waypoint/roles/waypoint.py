@@ -202,10 +202,10 @@ class WaypointRole:
                     return (found[0], found[1] or 0)
         return request.peer_address
 
-    def _inner_choice(self, info: DownstreamInfo, *, http: bool = False) -> Callable[[str], asyncio.Protocol]:
+    def _inner_choice(self, info: DownstreamInfo, *, http: bool = False) -> Callable[[str], asyncio.BaseProtocol]:
         """The protocol for a tunnel once its first bytes are known; a port declared HTTP stays HTTP."""
 
-        def choose(protocol: str) -> asyncio.Protocol:
+        def choose(protocol: str) -> asyncio.BaseProtocol:
             if protocol == "h2":
                 return Http2ServerProtocol(self.chain, info)
             if protocol == "http/1.1" or http:

@@ -99,7 +99,7 @@ class Inbound:
             await loop.create_connection(lambda: relay.upstream, *upstream)
 
     # -- 15006 -----------------------------------------------------------------------------------
-    def plaintext_factory(self) -> asyncio.Protocol:
+    def plaintext_factory(self) -> asyncio.BaseProtocol:
         return self.role.conns.new_relay(on_accept=self._plaintext).downstream
 
     def _plaintext(self, relay: Relay, transport: asyncio.Transport) -> None:

@@ -63,7 +63,7 @@ class Outbound:
         self.role = role
 
     # -- 15001: captured -------------------------------------------------------------------------
-    def captured_factory(self) -> asyncio.Protocol:
+    def captured_factory(self) -> asyncio.BaseProtocol:
         return self.role.conns.new_relay(on_accept=self._captured).downstream
 
     def _captured(self, relay: Relay, transport: asyncio.Transport) -> None:
