@@ -31,15 +31,10 @@ import uvloop
 
 from bench import ours
 from bench.common import (
-    BulkResult,
-    Connect,
     CpuMeter,
     NotAvailable,
-    RoundRobinPings,
     Running,
     Spread,
-    TargetServer,
-    bulk_throughput,
     ensure_free,
     fmt,
     machine_to_ourselves,
@@ -47,6 +42,7 @@ from bench.common import (
     percentile,
     print_table,
 )
+from bench.l4load import BulkResult, Connect, RoundRobinPings, TargetServer, bulk_throughput
 from tests.support.envoy import CertPaths, EnvoyProcess, TestCA, hbone_originate, hbone_terminate
 
 # Ours: SOCKS5 entry on CLIENT_IP, the load generator as the client pod, HBONE to the server pod.
