@@ -65,15 +65,17 @@ async def test_metrics_scraped_over_http() -> None:
     record.close(received=9999, sent=9999)  # idempotent
     metrics.connection_failed(labels)
     metrics.refused("ztunnel", "authority_mismatch")
-    ready = [False]
-    endpoint = HttpEndpoint({**metrics_routes(registry), **readiness_routes(lambda: ready[0]),
+    pending = ["start"]
+    endpoint = HttpEndpoint({**metrics_routes(registry), **readiness_routes(lambda: pending),
                              **config_dump_routes(lambda: {"workloads": ["echo-1"]})})
     server = await endpoint.listen(HOST, 0)
     port = server.sockets[0].getsockname()[1]
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}") as client:
-        assert (await client.get("/healthz/ready")).status_code == 503
-        ready[0] = True
-        assert (await client.get("/healthz/ready")).status_code == 200
+        resp = await client.get("/healthz/ready")
+        assert (resp.status_code, resp.text) == (503, "not ready, pending: start\n")
+        pending.clear()
+        resp = await client.get("/healthz/ready")
+        assert (resp.status_code, resp.text) == (200, "ready\n")
         assert (await client.get("/config_dump")).json() == {"workloads": ["echo-1"]}
         assert (await client.get("/nope")).status_code == 404
         for path in ("/metrics", "/stats/prometheus"):

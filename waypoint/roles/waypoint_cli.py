@@ -63,7 +63,7 @@ async def _serve(
     endpoints = []
     if index == 0:  # one worker answers readiness and the admin port
         endpoints = [
-            HttpEndpoint(readiness_routes(lambda: ready), "readiness"),
+            HttpEndpoint(readiness_routes(lambda: () if ready else ("start",)), "readiness"),
             HttpEndpoint(config_dump_routes(role.config_dump), "admin"),
         ]
         await endpoints[0].listen(*split_host_port(args.readiness, 15021))

@@ -8,6 +8,9 @@ state, certificates, the HBONE pool, metrics) is shared by the parts:
   netns, and plaintext capture on 15006 (:mod:`waypoint.roles.ztunnel_inbound`);
 * readiness (15021), Prometheus (15020) and the localhost admin port (15000).
 
+Readiness is ztunnel's: 200 once nothing is pending, a pod whose HBONE listener cannot be
+bound included (:mod:`waypoint.roles.pod_listeners`).
+
 Local pods are the enrolled (ambient) pods of ``settings.node`` (every node when None),
 waypoint instances excepted (they terminate HBONE themselves). A new snapshot (:meth:`apply`)
 opens listeners for pods that appeared and closes those of pods that went away.
@@ -36,6 +39,7 @@ from waypoint.l4.plan import RoundRobinPicker
 from waypoint.l4.socks5 import Socks5Protocol
 from waypoint.mesh.model import HBONE_PORT, MeshSnapshot, Workload
 from waypoint.mesh.state import MeshState
+from waypoint.roles.pod_listeners import FailedBind, PodListeners
 from waypoint.roles.ztunnel_conns import ConnectionTracker
 from waypoint.roles.ztunnel_inbound import Inbound
 from waypoint.roles.ztunnel_outbound import Outbound
@@ -69,6 +73,8 @@ class ZtunnelSettings:
     ping_timeout_s: float = 20.0
     metrics_flush_s: float = 5.0
     bind_client_ip: bool = True  # outbound HBONE and app dials from the client pod's 127/8 IP
+    bind_retry_s: float = 0.5  # a failed <pod IP>:15008 bind is retried after this, doubling...
+    bind_retry_max_s: float = 10.0  # ...up to this
 
     @property
     def default_identity(self) -> Identity:
@@ -131,13 +137,14 @@ class ZtunnelRole:
             keepalive_s=settings.keepalive_s, ping_timeout_s=settings.ping_timeout_s,
         )
         self.local_pods: dict[str, Workload] = {}
-        self.hbone_listeners: dict[str, asyncio.Server] = {}
+        self.listeners = PodListeners(self.hbone.listen, settings.hbone_port,
+                                      settings.bind_retry_s, settings.bind_retry_max_s)
         self.addresses: dict[str, Address] = {}  # listener name -> bound address
         self._servers: list[asyncio.Server] = []
         self._endpoints: list[HttpEndpoint] = []
         self._own: set[Address] = set()
         self._cert_timer: asyncio.TimerHandle | None = None
-        self.ready = False
+        self._started = False
         self.refusals: dict[str, int] = {}
         # more sections for /config_dump from whoever runs this role beside others (``waypoint dev``)
         self.dump_extensions: dict[str, Callable[[], object]] = {}
@@ -145,6 +152,24 @@ class ZtunnelRole:
     def _state(self, snapshot: MeshSnapshot) -> MeshState:
         s = self.settings
         return MeshState(snapshot, s.trust_domain, s.cluster_domain, s.cluster_id)
+
+    # -- readiness -------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Started, and every local pod has its HBONE listener (what ``/healthz/ready`` says)."""
+        return self._started and not self.listeners.failed
+
+    def pending(self) -> list[str]:
+        """What keeps readiness at 503, by name (empty: ready)."""
+        return ([] if self._started else ["start"]) + self.listeners.pending()
+
+    @property
+    def hbone_listeners(self) -> dict[str, asyncio.Server]:
+        return self.listeners.listeners
+
+    @property
+    def failed_binds(self) -> dict[str, FailedBind]:
+        return self.listeners.failed
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,7 +186,7 @@ class ZtunnelRole:
             await self._serve("inbound_plaintext",
                               loop.create_server(self.inbound.plaintext_factory, *s.inbound_plaintext))
         for name, addr, routes in (
-            ("readiness", s.readiness, readiness_routes(lambda: self.ready)),
+            ("readiness", s.readiness, readiness_routes(self.pending)),
             ("metrics", s.metrics, metrics_routes(self.registry)),
             ("admin", s.admin, config_dump_routes(self.config_dump)),
         ):
@@ -171,8 +196,9 @@ class ZtunnelRole:
                 server = await endpoint.listen(*addr)
                 self.addresses[name] = server.sockets[0].getsockname()[:2]
         self._cert_timer = loop.call_later(60.0, self._refresh_certificates)
-        self.ready = True
-        log.info("ztunnel ready: %s; HBONE on %d local pods", self.addresses, len(self.hbone_listeners))
+        self._started = True
+        log.info("ztunnel started: %s; HBONE on %d local pods%s", self.addresses, len(self.hbone_listeners),
+                 "" if self.ready else f"; not ready, pending: {', '.join(self.pending())}")
 
     async def _serve(self, name: str, creating: Any) -> None:
         server: asyncio.Server = await creating
@@ -183,9 +209,10 @@ class ZtunnelRole:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Graceful: stop accepting, GOAWAY, drain live connections until ``grace_s``, then reset."""
-        self.ready = False
+        self._started = False
         if self._cert_timer is not None:
             self._cert_timer.cancel()
+        await self.listeners.stop()
         for server in self._servers:
             server.close()
         await asyncio.gather(self.hbone.close(grace_s), self.conns.drain(grace_s))
@@ -196,7 +223,6 @@ class ZtunnelRole:
             await endpoint.close()
         self._servers.clear()
         self._endpoints.clear()
-        self.hbone_listeners.clear()
 
     async def apply(self, snapshot: MeshSnapshot) -> None:
         """A new config snapshot: new plans from now on; listeners follow the local pods."""
@@ -217,22 +243,9 @@ class ZtunnelRole:
         return pods
 
     async def _sync_pods(self) -> None:
-        wanted = self._local_pods()
-        for ip in [ip for ip in self.hbone_listeners if ip not in wanted]:
-            server = self.hbone_listeners.pop(ip)
-            server.close()
-            log.info("pod at %s gone: HBONE listener closed", ip)
-        self.local_pods = wanted
-        for ip, pod in wanted.items():
-            if ip in self.hbone_listeners:
-                continue
-            try:
-                server = await self.hbone.listen(ip, self.settings.hbone_port)
-            except OSError as exc:
-                log.error("cannot serve HBONE for pod %s/%s on %s:%d: %s", pod.namespace, pod.name, ip,
-                          self.settings.hbone_port, exc)
-                continue
-            self.hbone_listeners[ip] = server
+        """Listeners follow the local pods; every missing one is tried now (a new config retries at once)."""
+        self.local_pods = self._local_pods()
+        await self.listeners.sync(self.local_pods)
 
     def is_own_listener(self, addr: tuple[str, int]) -> bool:
         """Is ``addr`` one of our capture/SOCKS5 listeners (a wildcard one included)?
@@ -298,7 +311,8 @@ class ZtunnelRole:
             "listeners": {k: f"{v[0]}:{v[1]}" for k, v in self.addresses.items()},
             "local_pods": {
                 ip: {"pod": f"{w.namespace}/{w.name}", "identity": str(self.state.identity_of(w)),
-                     "hbone": ip in self.hbone_listeners}
+                     "hbone": ip in self.hbone_listeners,
+                     **({"hbone_error": self.failed_binds[ip].error} if ip in self.failed_binds else {})}
                 for ip, w in sorted(self.local_pods.items())
             },
             "services": sorted(f"{s.namespace}/{s.name}" for s in snap.services),

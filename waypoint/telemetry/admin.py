@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -36,11 +36,16 @@ class Response:
 Handler = Callable[[], Response]
 
 
-def readiness_routes(is_ready: Callable[[], bool]) -> dict[str, Handler]:
-    """``/healthz/ready``: 200 ``ready`` when the role says so, else 503 (ztunnel readiness)."""
+def readiness_routes(pending: Callable[[], Sequence[str]]) -> dict[str, Handler]:
+    """``/healthz/ready``: 200 ``ready``, or 503 with ztunnel's body ``not ready, pending: a, b``
+    naming what is not up yet (``ZT:src/readiness/server.rs`` ``handle_ready``; ztunnel answers
+    500, a kubelet reads both alike)."""
 
     def ready() -> Response:
-        return Response(200, b"ready\n") if is_ready() else Response(503, b"not ready\n")
+        names = pending()
+        if not names:
+            return Response(200, b"ready\n")
+        return Response(503, f"not ready, pending: {', '.join(names)}\n".encode())
 
     return {"/healthz/ready": ready}
 
