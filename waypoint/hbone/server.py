@@ -124,6 +124,8 @@ class HboneServer:
             self._context(host)  # a bad local address fails here, not on the first client
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: TakeSocket(self._accepted), host, port, reuse_port=reuse_port)
+        # listeners of pods that left were closed by their owner: forget them (no growth with churn)
+        self._listeners = [s for s in self._listeners if s.is_serving()]
         self._listeners.append(server)
         return server
 
