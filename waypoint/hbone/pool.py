@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from waypoint import packet_mark as mark
 from waypoint.errors import TunnelError
 from waypoint.hbone.adapter import HboneConnectionProtocol, ProtocolFactory
 from waypoint.hbone.connection import HboneConnection, HboneSettings
@@ -56,6 +57,7 @@ class HbonePool:
         settings: HboneSettings | None = None,
         keepalive_s: float = 10.0,
         ping_timeout_s: float = 20.0,
+        packet_mark: int | None = None,
     ) -> None:
         self._context_for = context_for
         self._verify = verify_server
@@ -65,6 +67,7 @@ class HbonePool:
         self._bind = bind_source_ip
         self._settings = settings or HboneSettings()
         self._keepalive = (keepalive_s, ping_timeout_s)
+        self._mark = packet_mark  # SO_MARK on every dial: istio-cni lets marked sockets pass (facts §1.7)
         self._conns: dict[PoolKey, list[HboneConnectionProtocol]] = {}
         self._dialing: dict[PoolKey, asyncio.Future[HboneConnectionProtocol]] = {}
         self._idle_timers: dict[HboneConnectionProtocol, asyncio.TimerHandle] = {}
@@ -116,7 +119,6 @@ class HbonePool:
         return proto
 
     async def _dial(self, key: PoolKey) -> HboneConnectionProtocol:
-        loop = asyncio.get_running_loop()
         rejected: list[BaseException] = []
 
         def factory() -> HboneConnectionProtocol:
@@ -131,8 +133,8 @@ class HbonePool:
 
         try:
             _transport, proto = await asyncio.wait_for(
-                loop.create_connection(
-                    factory, key.dst[0], key.dst[1], ssl=self._context_for(key.src_identity),
+                mark.connect(
+                    factory, key.dst[0], key.dst[1], mark=self._mark, ssl=self._context_for(key.src_identity),
                     server_hostname="",  # no SNI, as ztunnel (facts §1.2)
                     local_addr=(key.src_ip, 0) if self._bind and key.src_ip else None,
                 ),

@@ -26,10 +26,10 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from waypoint import packet_mark as mark
 from waypoint.hbone.pool import HbonePool
 from waypoint.hbone.server import HboneServer
 from waypoint.identity import tls
@@ -75,6 +75,10 @@ class ZtunnelSettings:
     bind_client_ip: bool = True  # outbound HBONE and app dials from the client pod's 127/8 IP
     bind_retry_s: float = 0.5  # a failed <pod IP>:15008 bind is retried after this, doubling...
     bind_retry_max_s: float = 10.0  # ...up to this
+    # SO_MARK on every socket we forward with (HBONE, passthrough, app dials) and on the capture
+    # listeners, as in-pod ztunnel (ZT:src/inpod/config.rs L84-120): istio-cni's rules let 0x539
+    # pass instead of capturing our own dials (facts §1.7). Needs CAP_NET_ADMIN; None: unmarked.
+    packet_mark: int | None = None
 
     @property
     def default_identity(self) -> Identity:
@@ -127,6 +131,7 @@ class ZtunnelRole:
             self._client_ctx.get, tls.verify_server,
             connect_timeout_s=settings.connect_timeout_s, bind_source_ip=settings.bind_client_ip,
             keepalive_s=settings.keepalive_s, ping_timeout_s=settings.ping_timeout_s,
+            packet_mark=settings.packet_mark,
         )
         self.inbound = Inbound(self)
         self.outbound = Outbound(self)
@@ -175,16 +180,16 @@ class ZtunnelRole:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         s = self.settings
+        mark.check_mark(s.packet_mark)  # asked for and refused: fail now, not on every connection
         self.conns.start()
         await self._sync_pods()
         if s.outbound is not None:
-            await self._serve("outbound", loop.create_server(self.outbound.captured_factory, *s.outbound))
+            await self._serve("outbound", self.outbound.captured_factory, s.outbound)
         if s.socks5 is not None:
-            await self._serve("socks5", loop.create_server(
-                lambda: Socks5Protocol(self.outbound.on_socks5, self._socks5_failed), *s.socks5))
+            await self._serve("socks5", lambda: Socks5Protocol(self.outbound.on_socks5, self._socks5_failed),
+                              s.socks5)
         if s.inbound_plaintext is not None:
-            await self._serve("inbound_plaintext",
-                              loop.create_server(self.inbound.plaintext_factory, *s.inbound_plaintext))
+            await self._serve("inbound_plaintext", self.inbound.plaintext_factory, s.inbound_plaintext)
         for name, addr, routes in (
             ("readiness", s.readiness, readiness_routes(self.pending)),
             ("metrics", s.metrics, metrics_routes(self.registry)),
@@ -200,12 +205,16 @@ class ZtunnelRole:
         log.info("ztunnel started: %s; HBONE on %d local pods%s", self.addresses, len(self.hbone_listeners),
                  "" if self.ready else f"; not ready, pending: {', '.join(self.pending())}")
 
-    async def _serve(self, name: str, creating: Any) -> None:
-        server: asyncio.Server = await creating
+    async def _serve(self, name: str, factory: Callable[[], asyncio.BaseProtocol], addr: Address) -> None:
+        loop = asyncio.get_running_loop()
+        if self.settings.packet_mark is None:
+            server = await loop.create_server(factory, *addr)
+        else:  # marked like ztunnel's in-pod listeners (ZT:src/inpod/config.rs tcp_bind)
+            server = await loop.create_server(factory, sock=mark.listening_socket(*addr, self.settings.packet_mark))
         self._servers.append(server)
-        addr = server.sockets[0].getsockname()[:2]
-        self.addresses[name] = addr
-        self._own.add(addr)
+        bound = server.sockets[0].getsockname()[:2]
+        self.addresses[name] = bound
+        self._own.add(bound)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Graceful: stop accepting, GOAWAY, drain live connections until ``grace_s``, then reset."""
@@ -308,6 +317,7 @@ class ZtunnelRole:
             "generation": snap.generation,
             "node": self.settings.node,
             "dev": self.settings.dev,
+            "packet_mark": self.settings.packet_mark,
             "listeners": {k: f"{v[0]}:{v[1]}" for k, v in self.addresses.items()},
             "local_pods": {
                 ip: {"pod": f"{w.namespace}/{w.name}", "identity": str(self.state.identity_of(w)),

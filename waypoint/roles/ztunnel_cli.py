@@ -15,6 +15,7 @@ import logging
 
 from waypoint.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
 from waypoint.mesh.model import HBONE_PORT
+from waypoint.packet_mark import PacketMarkError, choose_mark, parse_mark
 from waypoint.roles.runtime import (
     certificate_provider,
     folder_source,
@@ -56,11 +57,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         p.add_argument(option, default=default, metavar="HOST:PORT", help=f"{text} ('off' to disable)")
     p.add_argument("--keepalive-s", type=float, default=10.0, help="HBONE PING interval")
     p.add_argument("--ping-timeout-s", type=float, default=20.0, help="drop an HBONE connection without PONG")
+    p.add_argument("--packet-mark", type=parse_mark, default="auto", metavar="auto|off|MARK",
+                   help="SO_MARK on our own sockets so istio-cni's capture rules skip them (1337 = 0x539); "
+                        "auto: 1337 when allowed (CAP_NET_ADMIN), else off")
     p.add_argument("--drain-s", type=float, default=5.0, help="grace for live connections on SIGTERM/SIGINT")
     p.set_defaults(func=main)
 
 
 def settings_from(args: argparse.Namespace) -> ZtunnelSettings:
+    packet_mark, why_off = choose_mark(args.packet_mark)
+    if why_off is not None:
+        log.info("%s", why_off)
     listeners: dict[str, Address | None] = {}
     for option, name, default, _text in _LISTENERS:
         value = getattr(args, option[2:].replace("-", "_"))
@@ -76,6 +83,7 @@ def settings_from(args: argparse.Namespace) -> ZtunnelSettings:
         hbone_port=args.hbone_port,
         keepalive_s=args.keepalive_s,
         ping_timeout_s=args.ping_timeout_s,
+        packet_mark=packet_mark,
         **listeners,  # type: ignore[arg-type]
     )
 
@@ -89,7 +97,11 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     source = folder_source(args.config)
     certificates = certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain)
     role = ZtunnelRole(settings, source.reload(), certificates)
-    await role.start()
+    try:
+        await role.start()
+    except PacketMarkError as exc:  # --packet-mark asked for explicitly and refused
+        log.error("cannot start: %s", exc)
+        return 2
     watcher = asyncio.get_running_loop().create_task(source.watch(role.apply))
     cert_watcher = watch_certificate_files(certificates, role.refresh_certificates)
     await stop.wait()

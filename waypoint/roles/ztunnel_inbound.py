@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from waypoint import packet_mark as mark
 from waypoint.hbone.server import TunnelRequest
 from waypoint.l4.origdst import original_destination
 from waypoint.l4.plan import InboundPlan, plan_inbound
@@ -89,14 +90,14 @@ class Inbound:
         role.conns.opened(relay, labels)
 
     async def _dial_app(self, relay: Relay, upstream: tuple[str, int], peer_ip: str) -> None:
-        loop = asyncio.get_running_loop()
-        local_addr = (peer_ip, 0) if self.role.settings.bind_client_ip and peer_ip.startswith("127.") else None
+        settings = self.role.settings
+        local_addr = (peer_ip, 0) if settings.bind_client_ip and peer_ip.startswith("127.") else None
         try:
-            await loop.create_connection(lambda: relay.upstream, *upstream, local_addr=local_addr)
+            await mark.connect(lambda: relay.upstream, *upstream, mark=settings.packet_mark, local_addr=local_addr)
         except OSError:
             if local_addr is None:
                 raise
-            await loop.create_connection(lambda: relay.upstream, *upstream)
+            await mark.connect(lambda: relay.upstream, *upstream, mark=settings.packet_mark)
 
     # -- 15006 -----------------------------------------------------------------------------------
     def plaintext_factory(self) -> asyncio.BaseProtocol:

@@ -20,6 +20,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from waypoint import packet_mark as mark
 from waypoint.errors import TunnelError
 from waypoint.hbone.headers import build_baggage, build_forwarded, new_traceparent
 from waypoint.hbone.pool import PoolKey
@@ -162,7 +163,6 @@ class Outbound:
         peer: tuple[str, int],
     ) -> tuple[str, int]:
         assert plan.next_hop is not None
-        loop = asyncio.get_running_loop()
         if plan.kind is PlanKind.HBONE:
             assert plan.authority is not None
             src_ip = peer[0] if source is not None else None
@@ -170,7 +170,9 @@ class Outbound:
             await self.role.pool.open(key, plan.authority, self._headers(plan, source, peer),
                                       lambda: relay.upstream)
             return ("0.0.0.0", 0)
-        transport, _ = await loop.create_connection(lambda: relay.upstream, *plan.next_hop)
+        transport, _ = await mark.connect(
+            lambda: relay.upstream, *plan.next_hop, mark=self.role.settings.packet_mark
+        )
         sockname = transport.get_extra_info("sockname")
         return (sockname[0], sockname[1])
 
