@@ -6,12 +6,14 @@ import pytest
 
 from waypoint.hbone.headers import (
     Authority,
+    Baggage,
     build_baggage,
     build_forwarded,
     check_connect,
     format_authority,
     new_traceparent,
     parse_authority,
+    parse_baggage,
     parse_forwarded_for,
 )
 
@@ -101,3 +103,24 @@ def test_traceparent_is_random_per_call_and_well_formed() -> None:
 )
 def test_check_connect(headers: tuple[tuple[str, str], ...], expected: object) -> None:
     assert check_connect(headers) == expected
+
+
+def test_parse_baggage_reads_back_what_build_baggage_writes() -> None:  # ZT:src/baggage.rs parse_baggage_header
+    sent = build_baggage(cluster="Kubernetes", namespace="default", workload_type="deployment",
+                         workload_name="sleep", service="sleep", version="v1", region="r1", zone="z1")
+    assert parse_baggage([sent]) == Baggage("Kubernetes", "default", "deployment", "sleep", "sleep", "v1", "r1", "z1")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], Baggage()),
+        (["k8s.namespace.name=ns;prop=1, service.name=a%20b"], Baggage(namespace="ns", service="a b")),
+        (["k8s.namespace.name=ns", "k8s.pod.name=p-1"],
+         Baggage(namespace="ns", workload_type="pod", workload_name="p-1")),
+        (["k8s.widget.name=x,other=1,=v,novalue,service.version="], Baggage()),  # unknown, malformed, empty: skipped
+        (["service.name=a,service.name=b"], Baggage(service="b")),  # the last one wins
+    ],
+)
+def test_parse_baggage_skips_what_it_does_not_know(values: list[str], expected: Baggage) -> None:
+    assert parse_baggage(values) == expected

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # A DNS name as it may appear in `:authority` (double HBONE sends `<svc hostname>:<port>`).
@@ -107,6 +108,49 @@ def build_baggage(
     if zone:
         parts.append(f"cloud.availability_zone={zone}")
     return ",".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Baggage:
+    """The peer metadata a ``baggage`` header carries (``ZT:src/baggage.rs`` ``parse_baggage_header``)."""
+
+    cluster: str | None = None
+    namespace: str | None = None
+    workload_type: str | None = None
+    workload_name: str | None = None
+    service: str | None = None
+    version: str | None = None
+    region: str | None = None
+    zone: str | None = None
+
+
+_BAGGAGE_KEYS = {
+    "k8s.cluster.name": "cluster",
+    "k8s.namespace.name": "namespace",
+    "service.name": "service",
+    "service.version": "version",
+    "cloud.region": "region",
+    "cloud.availability_zone": "zone",
+}
+
+
+def parse_baggage(values: Iterable[str]) -> Baggage:
+    """Every ``baggage`` header of a request, read as ztunnel reads them: W3C list members
+    ``key=value`` (properties after ``;`` dropped, values percent-decoded), known keys kept,
+    the rest ignored; a malformed member is skipped, never an error (the header is a hint)."""
+    found: dict[str, str] = {}
+    for value in values:
+        for member in value.split(","):
+            key, sep, raw = member.split(";", 1)[0].partition("=")
+            key, raw = key.strip(), urllib.parse.unquote(raw.strip())
+            if not sep or not key or not raw:
+                continue
+            field = _BAGGAGE_KEYS.get(key)
+            if field is not None:
+                found[field] = raw
+            elif key.startswith("k8s.") and key.endswith(".name") and key[4:-5] in _WORKLOAD_TYPES:
+                found["workload_type"], found["workload_name"] = key[4:-5], raw
+    return Baggage(**found)
 
 
 def build_forwarded(client_ip: str, client_port: int, host: str | None = None) -> str:

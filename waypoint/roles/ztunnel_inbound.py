@@ -23,11 +23,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from waypoint import packet_mark as mark
+from waypoint.hbone.headers import parse_baggage
 from waypoint.hbone.server import TunnelRequest
 from waypoint.l4.origdst import original_destination
 from waypoint.l4.plan import InboundPlan, plan_inbound
 from waypoint.l4.relay import Relay
 from waypoint.telemetry.metrics import FLAG_CONNECT, traffic_labels
+from waypoint.telemetry.peer_metadata import workload_baggage
 
 if TYPE_CHECKING:
     from waypoint.roles.ztunnel import ZtunnelRole
@@ -62,8 +64,9 @@ class Inbound:
         assert plan.upstream is not None
         peer_ip = request.peer_address[0]
         source = role.state.workload_by_ip(peer_ip)
+        sent = parse_baggage(value for name, value in request.headers if name == "baggage")
         labels = traffic_labels(
-            reporter="destination", source=source,
+            reporter="destination", source=source, source_baggage=sent,
             source_principal=str(request.peer_identity) if request.peer_identity else None,
             destination=plan.destination_workload,
             destination_principal=str(role.state.identity_of(plan.destination_workload))
@@ -83,7 +86,7 @@ class Inbound:
             relay.fail()
             raise
         try:
-            request.accept(lambda: relay.downstream)
+            request.accept(lambda: relay.downstream, self._answer_headers(plan))
         except Exception:
             relay.fail()
             raise
@@ -98,6 +101,13 @@ class Inbound:
             if local_addr is None:
                 raise
             await mark.connect(lambda: relay.upstream, *upstream, mark=settings.packet_mark)
+
+    def _answer_headers(self, plan: InboundPlan) -> tuple[tuple[str, str], ...]:
+        """The 200's ``baggage``: the destination workload, as ztunnel's ``build_response`` with
+        ``ENABLE_RESPONSE_BAGGAGE`` (default on; facts §1.4). Errors carry none, as there."""
+        if plan.destination_workload is None:
+            return ()
+        return (("baggage", workload_baggage(plan.destination_workload, self.role.settings.cluster_id)),)
 
     # -- 15006 -----------------------------------------------------------------------------------
     def plaintext_factory(self) -> asyncio.BaseProtocol:

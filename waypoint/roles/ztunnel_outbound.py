@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING
 
 from waypoint import packet_mark as mark
 from waypoint.errors import TunnelError
-from waypoint.hbone.headers import build_baggage, build_forwarded, new_traceparent
+from waypoint.hbone.headers import build_forwarded, new_traceparent
 from waypoint.hbone.pool import PoolKey
 from waypoint.l4.origdst import original_destination
 from waypoint.l4.plan import OutboundPlan, PlanKind, plan_outbound
 from waypoint.l4.relay import Relay
 from waypoint.l4.socks5 import Reply, Socks5Connect
-from waypoint.telemetry.metrics import FLAG_CONNECT, traffic_labels, workload_name
+from waypoint.telemetry.metrics import FLAG_CONNECT, traffic_labels
+from waypoint.telemetry.peer_metadata import workload_baggage
 
 if TYPE_CHECKING:
     from waypoint.identity.spiffe import Identity
@@ -182,14 +183,7 @@ class Outbound:
         """baggage, forwarded and traceparent, as ztunnel's ``create_hbone_request`` (facts §1.4)."""
         headers: list[tuple[str, str]] = []
         if source is not None:
-            labels = source.labels
-            baggage = build_baggage(
-                cluster=self.role.settings.cluster_id, namespace=source.namespace,
-                workload_type="deployment" if "pod-template-hash" in labels else "pod",
-                workload_name=workload_name(source.name, labels),
-                service=labels.get("service.istio.io/canonical-name") or labels.get("app"),
-                version=labels.get("service.istio.io/canonical-revision") or labels.get("version"),
-            )
+            baggage = workload_baggage(source, self.role.settings.cluster_id)
             if baggage:
                 headers.append(("baggage", baggage))
         host = plan.destination_service.hostname if plan.destination_service is not None else None

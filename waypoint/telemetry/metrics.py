@@ -24,6 +24,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from waypoint.hbone.headers import Baggage
+
 UNKNOWN = "unknown"
 DEFAULT_CLUSTER = "Kubernetes"  # Istio's default cluster ID (CLUSTER_ID when unset)
 
@@ -90,16 +92,44 @@ def workload_name(pod_name: str, labels: Mapping[str, str]) -> str:
     return pod_name
 
 
-def _side(prefix: str, workload: Any, principal: str | None, cluster: str) -> dict[str, str]:
+def canonical_service(pod_name: str, labels: Mapping[str, str]) -> str:
+    """Istio's canonical service: the first canonical-name label, else the workload's name."""
+    return _first_label(labels, _CANONICAL_NAME_LABELS) or workload_name(pod_name, labels) or UNKNOWN
+
+
+def canonical_revision(labels: Mapping[str, str]) -> str:
+    """Istio's canonical revision: the first canonical-revision label, else ``latest``."""
+    return _first_label(labels, _CANONICAL_REVISION_LABELS) or "latest"
+
+
+def _derived(prefix: str, baggage: Baggage) -> dict[str, str]:
+    """A peer we cannot look up, described by its own baggage (ztunnel's ``DerivedWorkload``)."""
+    out = {
+        f"{prefix}_workload": baggage.workload_name,
+        f"{prefix}_canonical_service": baggage.service,
+        f"{prefix}_canonical_revision": baggage.version,
+        f"{prefix}_workload_namespace": baggage.namespace,
+        f"{prefix}_app": baggage.service,
+        f"{prefix}_version": baggage.version,
+        f"{prefix}_cluster": baggage.cluster,
+    }
+    return {key: value for key, value in out.items() if value}
+
+
+def _side(
+    prefix: str, workload: Any, principal: str | None, cluster: str, baggage: Baggage | None = None
+) -> dict[str, str]:
     out: dict[str, str] = {}
     if principal:
         out[f"{prefix}_principal"] = principal
     if workload is None:
+        if baggage is not None:
+            out.update(_derived(prefix, baggage))
         return out
     labels: Mapping[str, str] = getattr(workload, "labels", {}) or {}
     name = getattr(workload, "name", "") or ""
-    canonical = _first_label(labels, _CANONICAL_NAME_LABELS) or workload_name(name, labels) or UNKNOWN
-    revision = _first_label(labels, _CANONICAL_REVISION_LABELS) or "latest"
+    canonical = canonical_service(name, labels)
+    revision = canonical_revision(labels)
     out.update(
         {
             f"{prefix}_workload": workload_name(name, labels) or UNKNOWN,
@@ -124,17 +154,19 @@ def traffic_labels(
     service: Any = None,
     mtls: bool = False,
     cluster: str = DEFAULT_CLUSTER,
+    source_baggage: Baggage | None = None,
 ) -> TrafficLabels:
     """Labels from model objects (``waypoint.mesh.model.Workload`` / ``Service``, or None).
 
     As ztunnel: ``source_principal`` is only the identity proven by mTLS (or, on the source
-    side, the identity we present); ``destination_principal`` is the expected identity.
+    side, the identity we present); ``destination_principal`` is the expected identity. A
+    source we cannot look up is described by the ``baggage`` it sent, when it sent one.
     """
     values: dict[str, str] = {
         "reporter": reporter,
         "connection_security_policy": MTLS if mtls else UNKNOWN,
     }
-    values.update(_side("source", source, source_principal, cluster))
+    values.update(_side("source", source, source_principal, cluster, source_baggage))
     values.update(_side("destination", destination, destination_principal, cluster))
     if service is not None:
         values["destination_service"] = getattr(service, "hostname", "") or UNKNOWN
