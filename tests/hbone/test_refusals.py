@@ -7,6 +7,7 @@ malformed ``:authority`` or one that is not the local pod, ``IPMismatch``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,9 +16,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from h2.errors import ErrorCodes
+from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame
 
 from tests.hbone.helpers import Echo, MiB, Sink, open_sockets, other_tasks, until
 from waypoint.errors import TunnelError
+from waypoint.hbone.fastpath import PREFACE
 from waypoint.hbone.pool import HbonePool, PoolKey
 from waypoint.hbone.server import HboneServer, TunnelRequest
 from waypoint.identity import tls
@@ -183,5 +187,46 @@ async def test_refused_clients_do_not_disturb_a_flowing_tunnel(srv: Server) -> N
         assert await asyncio.wait_for(sink.lost, 5) is None  # ended cleanly, never reset
         assert pool.connections_opened == 1
         assert dict(srv.server.refusals) == dict.fromkeys(BAD_CLIENTS, 1)
+    finally:
+        await pool.close()
+
+
+def _server_frames(data: bytes) -> list[Frame]:
+    out = []
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        out.append(frame)
+        data = data[9 + length :]
+    return out
+
+
+async def test_a_peer_sending_broken_frames_loses_only_its_own_connection(srv: Server) -> None:
+    """An authenticated peer that breaks HTTP/2 (a WINDOW_UPDATE of 0 on the connection, RFC 9113
+    §6.9: PROTOCOL_ERROR) gets GOAWAY and is closed; a tunnel on another connection flows on."""
+    pool = _pool()
+    key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), (SERVER_IP, srv.port), GOOD_IP)
+    blob = os.urandom(4 * MiB)
+    try:
+        stream, sink = await pool.open(key, f"{SERVER_IP}:80", (), Sink)
+        assert isinstance(sink, Sink)
+        stream.write(blob[: len(blob) // 2])
+        reader, writer = await asyncio.open_connection(
+            SERVER_IP, srv.port, ssl=_client_ctx(CLIENT_ID), server_hostname="", local_addr=(BAD_IP, 0)
+        )
+        writer.write(PREFACE + SettingsFrame(0).serialize() + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")
+        received = b""
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                received += chunk
+        writer.close()
+        stream.write(blob[len(blob) // 2 :])
+        stream.write_eof()
+        await until(lambda: sink.eof, timeout=60, what="echo complete")
+        assert sink.count == len(blob) and sink.hash.digest() == hashlib.sha256(blob).digest()
+        goaways = [f for f in _server_frames(received) if isinstance(f, GoAwayFrame)]
+        assert [g.error_code for g in goaways] == [ErrorCodes.PROTOCOL_ERROR]
+        await until(lambda: len(srv.server.connections) == 1, what="the broken connection dropped")
+        assert pool.connections_opened == 1  # the good tunnel's connection is the one left
     finally:
         await pool.close()
