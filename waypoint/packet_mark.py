@@ -13,7 +13,8 @@ Setting SO_MARK needs ``CAP_NET_ADMIN``: :func:`probe_mark` tries it once on a t
 so a caller can decide at start (``waypoint ztunnel``'s ``--packet-mark auto``) instead of
 finding out on the first connection. :func:`connect` and :func:`listening_socket` are the
 socket-creating edges; with no mark they are exactly ``create_connection``/``create_server``'s
-own paths, so the unmarked case costs nothing.
+own paths, so the unmarked case costs nothing. :func:`connect`'s ``transparent`` is ztunnel's
+``freebind_connect`` for original source preservation (:mod:`waypoint.original_source`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Literal, TypeVar
 
 from waypoint.errors import WaypointError
+from waypoint.original_source import OriginalSourceError, make_transparent
 
 INPOD_MARK = 1337  # 0x539: IS:cni/pkg/config/config.go InpodMark (mask 0xfff)
 MARK_MASK = 0xFFF
@@ -104,10 +106,13 @@ def _numeric(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[str
     return None
 
 
-async def _marked_socket(
-    host: str, port: int, mark: int, local_addr: tuple[str, int] | None
+async def _dial_socket(
+    host: str, port: int, mark: int | None, local_addr: tuple[str, int] | None, transparent: bool
 ) -> socket.socket:
-    """A connected, non-blocking, marked TCP socket (addresses tried in resolver order)."""
+    """A connected, non-blocking TCP socket, marked and/or transparent (addresses tried in
+    resolver order). Transparent: ``IP_TRANSPARENT`` + ``IP_FREEBIND`` before the bind, so
+    ``local_addr`` may be an address this netns does not own (``ZT:src/proxy.rs``
+    ``freebind_connect``)."""
     loop = asyncio.get_running_loop()
     targets = _numeric(host, port)
     if targets is None:
@@ -118,11 +123,14 @@ async def _marked_socket(
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            apply_mark(sock, mark)
+            if mark is not None:
+                apply_mark(sock, mark)
+            if transparent:
+                make_transparent(sock)
             if local_addr is not None:
                 sock.bind(local_addr)
             await loop.sock_connect(sock, addr)
-        except PacketMarkError:
+        except (PacketMarkError, OriginalSourceError):
             sock.close()
             raise
         except OSError as exc:
@@ -145,16 +153,18 @@ async def connect(
     *,
     mark: int | None,
     local_addr: tuple[str, int] | None = None,
+    transparent: bool = False,
     ssl: _ssl.SSLContext | None = None,
     server_hostname: str | None = None,
 ) -> tuple[asyncio.Transport, P]:
-    """``loop.create_connection`` whose socket carries ``mark`` (none: the loop's own path)."""
+    """``loop.create_connection`` whose socket carries ``mark`` (and, ``transparent``, may bind
+    ``local_addr`` to the client's address); neither: the loop's own path."""
     loop = asyncio.get_running_loop()
-    if mark is None:
+    if mark is None and not transparent:
         return await loop.create_connection(
             factory, host, port, local_addr=local_addr, ssl=ssl, server_hostname=server_hostname
         )
-    sock = await _marked_socket(host, port, mark, local_addr)
+    sock = await _dial_socket(host, port, mark, local_addr, transparent)
     try:
         return await loop.create_connection(factory, sock=sock, ssl=ssl, server_hostname=server_hostname)
     except BaseException:

@@ -64,7 +64,7 @@ def test_example_mesh_carries_http_and_tcp_over_mtls_and_stops_on_ctrl_c() -> No
         answer = http_get(socks5("echo.default.svc.cluster.local", 8080), "/hello")
         assert answer["pod"] == "echo-7d4b9c-x2x9q" and answer["path"] == "/hello"
         as_sleep = http_get(socks5("echo.default", 8080, source="127.10.0.3"), "/as-sleep")
-        assert as_sleep["seen_from"].startswith("127.10.0.3:")  # type: ignore[union-attr]
+        assert as_sleep["seen_from"].startswith("127.10.0.3:")  # type: ignore[union-attr,attr-defined]
         tcp = socks5("tcp-echo.default", 9000)
         tcp.sendall(b"hello over hbone\n")
         tcp.shutdown(socket.SHUT_WR)

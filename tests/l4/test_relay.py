@@ -28,7 +28,7 @@ class Proxy:
         self.done: list[Relay] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def factory(self) -> asyncio.Protocol:
+    def factory(self) -> asyncio.BaseProtocol:
         relay = Relay(self.done.append, pending_limit=self.pending_limit)
         self.relays.append(relay)
         task = asyncio.get_running_loop().create_task(self._connect(relay))

@@ -10,6 +10,13 @@ The client dials the service VIP as if no proxy existed; ztunnel A reads SO_ORIG
 tunnels to B. A's own HBONE dial leaves from the same netns, so it passes the rules only when
 marked (``--mark 1337``). Prints one JSON line.
 
+``--original-source on`` makes B dial the app from the client's IP (IP_TRANSPARENT, as ztunnel's
+``freebind_connect``), so the app's peer is the sleep pod, and the replies come back to B only
+through istio-cni's connmark rules and fwmark route table. ``--exchange hello`` sends five bytes
+instead of 64 MiB and reads to EOF (for a tunnel expected to be refused); ``--exchange
+plaintext`` is the 64 MiB exchange from a marked client socket straight to the echo pod, which
+passes the sleep pod's capture and is REDIRECTed to B's 15006 in the echo pod.
+
 The pods live on a veth pair, not on 127/8, because istio-cni accepts every ``-o lo``
 destination other than 127.0.0.1 uncaptured (``ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT``):
 a peer on loopback would never show what the mark is for.
@@ -22,10 +29,11 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import uvloop
@@ -36,7 +44,8 @@ from tests.ztunnel.mesh import NAMESPACE, pod, service
 from waypoint.identity.ca import DevCA
 from waypoint.identity.certs import DevCertificateProvider
 from waypoint.mesh.folder import FolderSource
-from waypoint.packet_mark import parse_mark
+from waypoint.original_source import parse_original_source
+from waypoint.packet_mark import INPOD_MARK, parse_mark
 from waypoint.roles.ztunnel import ZtunnelRole, ZtunnelSettings
 
 CLIENT_POD = "10.88.8.10"  # sleep, node-a (the client netns' eth0)
@@ -61,9 +70,10 @@ def write_mesh(folder: Path) -> Path:
 
 def role(args: argparse.Namespace, node: str, **kw: object) -> ZtunnelRole:
     mark = parse_mark(args.mark)
-    assert mark != "auto"
+    original_source = parse_original_source(args.original_source)
+    assert mark != "auto" and original_source != "auto"
     base = ZtunnelSettings(node=node, socks5=None, inbound_plaintext=None, readiness=None, metrics=None, admin=None,
-                           packet_mark=mark)
+                           packet_mark=mark, original_source=original_source)
     snapshot = FolderSource(Path(args.mesh)).reload()
     return ZtunnelRole(replace(base, **kw), snapshot, DevCertificateProvider(DevCA.load(Path(args.ca))))  # type: ignore[arg-type]
 
@@ -86,18 +96,21 @@ async def until(condition: Callable[[], bool], deadline_s: float) -> bool:
 @dataclass
 class AppSeen:
     connections: int = 0
+    peers: list[str] = field(default_factory=list)  # the source IP of each connection the app accepted
     done: int = 0
     received_sha256: str | None = None
 
 
 async def server(args: argparse.Namespace) -> None:
-    b = role(args, "node-b", outbound=None)
+    b = role(args, "node-b", outbound=None, inbound_plaintext=("0.0.0.0", 15006),
+             connect_timeout_s=1.0 if args.exchange == "hello" else 10.0)
     await b.start()
     seen = AppSeen()
 
     async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Streams SIZE bytes of its own while hashing what it reads, then half-closes."""
         seen.connections += 1
+        seen.peers.append(writer.get_extra_info("peername")[0])
 
         async def send() -> None:
             for _ in range(SIZE // len(BLOCK)):
@@ -118,7 +131,7 @@ async def server(args: argparse.Namespace) -> None:
     emit({"ready": True})
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # the parent closes stdin
     await until(lambda: seen.done == seen.connections and not b.conns.live, 10.0)
-    emit({"app_connections": seen.connections, "app_received": seen.received_sha256,
+    emit({"app_connections": seen.connections, "app_peers": seen.peers, "app_received": seen.received_sha256,
           "through_b": b.conns.completed, "refusals": b.refusals})
     app_server.close()
     await b.stop(1.0)
@@ -130,9 +143,26 @@ def failed_samples(a: ZtunnelRole) -> list[dict[str, str]]:
             for s in m.samples if s.name.endswith("_total")]
 
 
-async def client_exchange(a: ZtunnelRole) -> dict[str, object]:
-    """64 MiB each way through the VIP, half-close, hashes compared (mark on)."""
-    reader, writer = await asyncio.open_connection(ECHO_VIP, 80, local_addr=(CLIENT_POD, 0))
+async def open_direct() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A marked socket from the sleep pod straight to the echo pod (uncaptured by the 0x539 mark)."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, INPOD_MARK)
+        sock.bind((CLIENT_POD, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (SERVER_POD, SERVER_PORT))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+async def client_exchange(a: ZtunnelRole, direct: bool = False) -> dict[str, object]:
+    """64 MiB each way through the VIP (or ``direct``), half-close, hashes compared (mark on)."""
+    if direct:
+        reader, writer = await open_direct()
+    else:
+        reader, writer = await asyncio.open_connection(ECHO_VIP, 80, local_addr=(CLIENT_POD, 0))
     payload = os.urandom(SIZE)
 
     async def send() -> None:
@@ -179,12 +209,30 @@ async def client_unmarked(a: ZtunnelRole) -> dict[str, object]:
             "accepted_by_a": accepted, "failed": failed_samples(a)}
 
 
+async def client_hello(a: ZtunnelRole) -> dict[str, object]:
+    """Five bytes, then read to EOF: what came back before the tunnel closed."""
+    reader, writer = await asyncio.open_connection(ECHO_VIP, 80, local_addr=(CLIENT_POD, 0))
+    writer.write(b"hello")
+    received, error = b"", None
+    try:
+        received = await asyncio.wait_for(reader.read(), 4 * a.settings.connect_timeout_s)
+    except (OSError, TimeoutError) as exc:
+        error = repr(exc)
+    writer.close()
+    await until(lambda: not a.conns.live, 10.0)
+    return {"client_received": len(received), "client_error": error}
+
+
 async def client(args: argparse.Namespace) -> None:
     unmarked = parse_mark(args.mark) is None
     a = role(args, "node-a", outbound=("127.0.0.1", 15001), connect_timeout_s=1.0 if unmarked else 10.0)
     await a.start()
     try:
-        emit(await (client_unmarked(a) if unmarked else client_exchange(a)))
+        if unmarked:
+            emit(await client_unmarked(a))
+        else:
+            emit(await (client_hello(a) if args.exchange == "hello"
+                        else client_exchange(a, direct=args.exchange == "plaintext")))
     finally:
         await a.stop(0.5)
 
@@ -195,6 +243,8 @@ def main() -> None:
     parser.add_argument("--mesh", required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--mark", required=True, help="1337 or off")
+    parser.add_argument("--original-source", default="off", help="on or off (B's app dial)")
+    parser.add_argument("--exchange", choices=("full", "hello", "plaintext"), default="full")
     args = parser.parse_args()
     uvloop.run(client(args) if args.side == "client" else server(args))
 

@@ -9,10 +9,13 @@ fwmark 0x111 route table. ztunnel marks its own sockets 1337 as in-pod ztunnel d
 (``ZT:src/inpod/config.rs`` L84-120), so its HBONE dial leaves uncaptured.
 
 Left out: the DNS rules (UDP/TCP 53 to 15053 and the ``raw`` conntrack zone): istio-cni installs
-them only with DNS capture on, and we run no DNS proxy. The connmark rules are installed but
-inert here: they steer replies to ztunnel's spoofed-source (IP_TRANSPARENT) app dials, and our
-ztunnel does not spoof. Needs root, iproute2 and iptables; SO_ORIGINAL_DST read back as
-``ZT:src/socket.rs`` L63-86.
+them only with DNS capture on, and we run no DNS proxy. The connmark rules and the fwmark 0x111
+route table steer replies to ztunnel's spoofed-source app dials: with original source on
+(IP_TRANSPARENT + IP_FREEBIND bound to the client's IP, ``ZT:src/proxy.rs`` ``freebind_connect``)
+B's marked SYN to the app gets connmark 0x111 in the echo pod's PREROUTING, the app's replies get
+it restored in OUTPUT and are routed locally (table 100), to B's transparent socket; without that
+route they leave for the sleep pod and the dial never completes. Needs root, iproute2 and
+iptables; SO_ORIGINAL_DST read back as ``ZT:src/socket.rs`` L63-86.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ COMMIT
 COMMIT
 """
 # IS:cni/pkg/iptables/iptables_linux.go L32-65, L96-140: replies of marked connections go local
-ISTIO_CNI_ROUTES = "rule add fwmark 0x111/0xfff pref 32764 lookup 100\nroute add local 0.0.0.0/0 dev lo table 100\n"
+FWMARK_RULE = "fwmark 0x111/0xfff pref 32764 lookup 100"
+ISTIO_CNI_ROUTES = f"rule add {FWMARK_RULE}\nroute add local 0.0.0.0/0 dev lo table 100\n"
+CONNMARK_SET = "-j CONNMARK --set-xmark 0x111/0xfff"  # mangle ISTIO_PRERT: marked packets tag their connection
 
 
 def run(*cmd: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -88,11 +93,15 @@ class Pods:
 
     def redirected(self, netns: str, port: int) -> int:
         """Connections the kernel REDIRECTed to ``port`` in ``netns`` (nat counts first packets)."""
-        rules = must("ip", "netns", "exec", netns, "iptables", "-t", "nat", "-S", "-v")
+        return self.counted(netns, "nat", f"--to-ports {port}")
+
+    def counted(self, netns: str, table: str, rule_end: str) -> int:
+        """Packets that matched the ``table`` rule ending with ``rule_end`` in ``netns``."""
+        rules = must("ip", "netns", "exec", netns, "iptables", "-t", table, "-S", "-v")
         for line in rules.splitlines():
-            if line.endswith(f"--to-ports {port}") and (m := re.search(r" -c (\d+) \d+", line)):
+            if line.endswith(rule_end) and (m := re.search(r" -c (\d+) \d+", line)):
                 return int(m.group(1))
-        raise AssertionError(f"no REDIRECT to {port} in {netns}:\n{rules}")
+        raise AssertionError(f"no {table} rule ending {rule_end!r} in {netns}:\n{rules}")
 
 
 def wire_pods(client: str, server: str) -> None:
@@ -109,7 +118,13 @@ def wire_pods(client: str, server: str) -> None:
 
 
 @pytest.fixture
-def pods(tmp_path: Path) -> Iterator[Pods]:
+def netns_prefix() -> str:
+    """Our netns names' prefix (the original-source tests parametrize their own)."""
+    return "wpmark"
+
+
+@pytest.fixture
+def pods(tmp_path: Path, netns_prefix: str) -> Iterator[Pods]:
     tools = ("ip", "iptables", "iptables-restore")
     if os.geteuid() != 0 or any(shutil.which(t) is None for t in tools):
         reason = "needs root, iproute2 and iptables (scripts/setup installs them)"
@@ -117,7 +132,7 @@ def pods(tmp_path: Path) -> Iterator[Pods]:
             pytest.fail(reason)
         pytest.skip(reason)
     tag = f"{os.getpid()}-{next(_names)}"
-    found = Pods(f"wpmark-c-{tag}", f"wpmark-s-{tag}", tmp_path)
+    found = Pods(f"{netns_prefix}-c-{tag}", f"{netns_prefix}-s-{tag}", tmp_path)
     try:
         wire_pods(found.client, found.server)
         write_mesh(tmp_path / "mesh")
@@ -128,9 +143,12 @@ def pods(tmp_path: Path) -> Iterator[Pods]:
         run("ip", "netns", "delete", found.server)
 
 
-def through(pods: Pods, mark: str) -> tuple[dict[str, object], dict[str, object]]:
+def through(
+    pods: Pods, mark: str, original_source: str = "off", exchange: str = "full"
+) -> tuple[dict[str, object], dict[str, object]]:
     """Run the echo pod, then the sleep pod's exchange; (client result, server result)."""
-    common = ("--mesh", str(pods.tmp / "mesh"), "--ca", str(pods.tmp / "ca"), "--mark", mark)
+    common = ("--mesh", str(pods.tmp / "mesh"), "--ca", str(pods.tmp / "ca"), "--mark", mark,
+              "--original-source", original_source, "--exchange", exchange)
     server = subprocess.Popen(
         ["ip", "netns", "exec", pods.server, sys.executable, str(CHILD), "server", *common],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -151,8 +169,10 @@ def through(pods: Pods, mark: str) -> tuple[dict[str, object], dict[str, object]
 
 
 @pytest.mark.timeout(90)
-def test_marked_ztunnel_64mib_each_way_under_istio_cni_rules(pods: Pods) -> None:
-    client, server = through(pods, "1337")
+@pytest.mark.parametrize(("original_source", "netns_prefix"), [("on", "wporig"), ("off", "wpmark")])
+def test_marked_ztunnel_64mib_each_way_under_istio_cni_rules(pods: Pods, original_source: str) -> None:
+    connmarked_before = pods.counted(pods.server, "mangle", CONNMARK_SET)
+    client, server = through(pods, "1337", original_source)
     assert client["client_received_exact"] is True  # 64 MiB down, hashes compared
     assert server["app_received"] == client["payload_sha256"]  # 64 MiB up, after the client's half-close
     assert client["through_a"] == 1 and server["through_b"] == 1 and server["app_connections"] == 1
@@ -165,6 +185,40 @@ def test_marked_ztunnel_64mib_each_way_under_istio_cni_rules(pods: Pods) -> None
     # 15008 was not sent to 15006 (istio-cni's ``! --dport 15008``)
     assert pods.redirected(pods.client, 15001) == 1
     assert pods.redirected(pods.server, 15006) == 0
+    # the app's peer: the sleep pod itself with original source (ZT:src/proxy/inbound.rs
+    # ``enable_original_source.then_some(src ip)`` into freebind_connect), else B's own address
+    assert server["app_peers"] == [CLIENT_POD if original_source == "on" else SERVER_POD]
+    # B's marked packets to the app passed the echo pod's mangle ISTIO_PRERT connmark rule
+    assert pods.counted(pods.server, "mangle", CONNMARK_SET) > connmarked_before
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("netns_prefix", ["wporig"])
+def test_original_source_on_the_plaintext_path_64mib_each_way(pods: Pods) -> None:
+    """15006: a client outside the mesh (its socket marked, so the sleep pod's capture lets it
+    pass) reaches the echo pod, whose istio-cni rules REDIRECT it to B's 15006; B dials the app
+    from the plaintext peer's IP (``ZT:src/proxy/inbound_passthrough.rs``: ``orig_src =
+    source_addr.ip()`` into freebind_connect)."""
+    client, server = through(pods, "1337", "on", exchange="plaintext")
+    assert client["client_received_exact"] is True
+    assert server["app_received"] == client["payload_sha256"]
+    assert server["app_peers"] == [CLIENT_POD]
+    assert client["through_a"] == 0 and server["through_b"] == 1
+    assert pods.redirected(pods.client, 15001) == 0 and pods.redirected(pods.server, 15006) == 1
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("netns_prefix", ["wporig"])
+def test_original_source_replies_come_back_only_through_the_fwmark_route(pods: Pods) -> None:
+    """Without istio-cni's ``ip rule fwmark 0x111/0xfff lookup 100`` in the echo pod, the app's
+    SYN-ACK to the spoofed client address is routed out of eth0 instead of to B's transparent
+    socket: B's dial times out and the tunnel is refused 503 (ztunnel: ConnectionFailure, a 503;
+    ``ZT:src/proxy/inbound.rs``), so nothing reaches the client and the app accepts nothing."""
+    must("ip", "-n", pods.server, "rule", "del", *FWMARK_RULE.split())
+    client, server = through(pods, "1337", "on", exchange="hello")
+    assert client["client_received"] == 0
+    assert server["app_connections"] == 0, server
+    assert server["refusals"] == {"dial_failed": 1}, server
 
 
 @pytest.mark.timeout(90)

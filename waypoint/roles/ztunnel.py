@@ -39,6 +39,7 @@ from waypoint.l4.plan import RoundRobinPicker
 from waypoint.l4.socks5 import Socks5Protocol
 from waypoint.mesh.model import HBONE_PORT, MeshSnapshot, Workload
 from waypoint.mesh.state import MeshState
+from waypoint.original_source import check_original_source
 from waypoint.roles.pod_listeners import FailedBind, PodListeners
 from waypoint.roles.ztunnel_conns import ConnectionTracker
 from waypoint.roles.ztunnel_inbound import Inbound
@@ -79,6 +80,10 @@ class ZtunnelSettings:
     # listeners, as in-pod ztunnel (ZT:src/inpod/config.rs L84-120): istio-cni's rules let 0x539
     # pass instead of capturing our own dials (facts §1.7). Needs CAP_NET_ADMIN; None: unmarked.
     packet_mark: int | None = None
+    # The inbound app dials leave from the client's IP (IP_TRANSPARENT + IP_FREEBIND, bound to it),
+    # as ztunnel's freebind_connect with original source on (waypoint/original_source.py). Needs
+    # CAP_NET_ADMIN, and under istio-cni the packet mark (the connmark route brings replies back).
+    original_source: bool = False
 
     @property
     def default_identity(self) -> Identity:
@@ -181,6 +186,7 @@ class ZtunnelRole:
         loop = asyncio.get_running_loop()
         s = self.settings
         mark.check_mark(s.packet_mark)  # asked for and refused: fail now, not on every connection
+        check_original_source(s.original_source)  # likewise
         self.conns.start()
         await self._sync_pods()
         if s.outbound is not None:
@@ -318,6 +324,7 @@ class ZtunnelRole:
             "node": self.settings.node,
             "dev": self.settings.dev,
             "packet_mark": self.settings.packet_mark,
+            "original_source": self.settings.original_source,
             "listeners": {k: f"{v[0]}:{v[1]}" for k, v in self.addresses.items()},
             "local_pods": {
                 ip: {"pod": f"{w.namespace}/{w.name}", "identity": str(self.state.identity_of(w)),

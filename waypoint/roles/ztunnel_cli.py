@@ -15,6 +15,7 @@ import logging
 
 from waypoint.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
 from waypoint.mesh.model import HBONE_PORT
+from waypoint.original_source import OriginalSourceError, choose_original_source, parse_original_source
 from waypoint.packet_mark import PacketMarkError, choose_mark, parse_mark
 from waypoint.roles.runtime import (
     certificate_provider,
@@ -60,14 +61,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--packet-mark", type=parse_mark, default="auto", metavar="auto|off|MARK",
                    help="SO_MARK on our own sockets so istio-cni's capture rules skip them (1337 = 0x539); "
                         "auto: 1337 when allowed (CAP_NET_ADMIN), else off")
+    p.add_argument("--original-source", type=parse_original_source, default="auto", metavar="auto|on|off",
+                   help="dial local apps from the client's IP (IP_TRANSPARENT, as ztunnel's ENABLE_ORIG_SRC); "
+                        "auto: on when allowed (CAP_NET_ADMIN), else off")
     p.add_argument("--drain-s", type=float, default=5.0, help="grace for live connections on SIGTERM/SIGINT")
     p.set_defaults(func=main)
 
 
 def settings_from(args: argparse.Namespace) -> ZtunnelSettings:
     packet_mark, why_off = choose_mark(args.packet_mark)
-    if why_off is not None:
-        log.info("%s", why_off)
+    original_source, why_not = choose_original_source(args.original_source)
+    for note in (why_off, why_not):
+        if note is not None:
+            log.info("%s", note)
+    if original_source and packet_mark is None:  # under istio-cni the app's replies would not come back
+        log.warning("original source without a packet mark: istio-cni's connmark rules route the app's replies "
+                    "back to us only for marked sockets (facts §1.7); expect dials to local apps to time out")
     listeners: dict[str, Address | None] = {}
     for option, name, default, _text in _LISTENERS:
         value = getattr(args, option[2:].replace("-", "_"))
@@ -84,6 +93,7 @@ def settings_from(args: argparse.Namespace) -> ZtunnelSettings:
         keepalive_s=args.keepalive_s,
         ping_timeout_s=args.ping_timeout_s,
         packet_mark=packet_mark,
+        original_source=original_source,
         **listeners,  # type: ignore[arg-type]
     )
 
@@ -99,7 +109,7 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     role = ZtunnelRole(settings, source.reload(), certificates)
     try:
         await role.start()
-    except PacketMarkError as exc:  # --packet-mark asked for explicitly and refused
+    except (PacketMarkError, OriginalSourceError) as exc:  # --packet-mark/--original-source asked for, refused
         log.error("cannot start: %s", exc)
         return 2
     watcher = asyncio.get_running_loop().create_task(source.watch(role.apply))

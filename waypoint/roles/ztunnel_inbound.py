@@ -11,9 +11,11 @@ Plaintext, as ``ZT:src/proxy/inbound_passthrough.rs``: the original destination 
 local pod; the connection is spliced to it, reported with ``connection_security_policy``
 ``unknown``.
 
-On one host the app's connection could come from ztunnel's own address; we bind it to the
-client pod's 127/8 address instead (when it is one), so the app sees the real source IP the
-way ztunnel's transparent sockets show it (facts §1.7).
+The app sees the client's IP, as with ztunnel's ``freebind_connect``: with
+``settings.original_source`` the dial is transparent and bound to the client's address (the
+HBONE peer, or the plaintext peer; :mod:`waypoint.original_source`, facts §1.7), and a dial that
+fails for it is a 503 like any other. Without it, on one host, we bind the client pod's 127/8
+address instead (when it is one), which needs no privilege.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from waypoint.hbone.server import TunnelRequest
 from waypoint.l4.origdst import original_destination
 from waypoint.l4.plan import InboundPlan, plan_inbound
 from waypoint.l4.relay import Relay
+from waypoint.original_source import app_dial_source
 from waypoint.telemetry.metrics import FLAG_CONNECT, traffic_labels
 from waypoint.telemetry.peer_metadata import workload_baggage
 
@@ -94,11 +97,14 @@ class Inbound:
 
     async def _dial_app(self, relay: Relay, upstream: tuple[str, int], peer_ip: str) -> None:
         settings = self.role.settings
-        local_addr = (peer_ip, 0) if settings.bind_client_ip and peer_ip.startswith("127.") else None
+        local_addr, transparent = app_dial_source(
+            peer_ip, upstream[0], original_source=settings.original_source, bind_loopback=settings.bind_client_ip
+        )
         try:
-            await mark.connect(lambda: relay.upstream, *upstream, mark=settings.packet_mark, local_addr=local_addr)
+            await mark.connect(lambda: relay.upstream, *upstream, mark=settings.packet_mark,
+                               local_addr=local_addr, transparent=transparent)
         except OSError:
-            if local_addr is None:
+            if local_addr is None or transparent:  # a spoofed dial that fails is the dial's failure
                 raise
             await mark.connect(lambda: relay.upstream, *upstream, mark=settings.packet_mark)
 
