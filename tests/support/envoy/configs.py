@@ -79,11 +79,27 @@ def upstream_tls(certs: CertPaths, san_matcher: Config) -> Config:
     }
 
 
-def http2_upstream_options() -> Config:
+Windows = tuple[int, int]
+"""HTTP/2 (initial stream window, initial connection window) in bytes; None: Envoy's defaults."""
+
+ZTUNNEL_WINDOWS: Windows = (4 << 20, 16 << 20)
+"""ztunnel's HBONE flow control (facts §1.3: 4 MiB per stream, 16 MiB per connection)."""
+
+
+def http2_options(windows: Windows | None = None) -> Config:
+    """``allow_connect``, and the flow-control windows when given (Envoy's defaults otherwise)."""
+    options: Config = {"allow_connect": True}
+    if windows is not None:
+        options["initial_stream_window_size"] = windows[0]
+        options["initial_connection_window_size"] = windows[1]
+    return options
+
+
+def http2_upstream_options(windows: Windows | None = None) -> Config:
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": _HTTP_OPTIONS,
-            "explicit_http_config": {"http2_protocol_options": {"allow_connect": True}},
+            "explicit_http_config": {"http2_protocol_options": http2_options(windows)},
         }
     }
 
@@ -130,7 +146,8 @@ def set_connection_filter_state(entries: list[tuple[str, str]], shared: Sharing 
 
 
 def connect_terminate_listener(
-    name: str, listen: Address, certs: CertPaths, trust_domain: str, cluster: str, filters: list[Config]
+    name: str, listen: Address, certs: CertPaths, trust_domain: str, cluster: str, filters: list[Config],
+    windows: Windows | None = None,
 ) -> Config:
     """HTTP/2 CONNECT terminate on 15008; each CONNECT's bytes go raw to ``cluster``.
 
@@ -144,7 +161,7 @@ def connect_terminate_listener(
         "@type": HCM_TYPE,
         "stat_prefix": name,
         "codec_type": "HTTP2",
-        "http2_protocol_options": {"allow_connect": True},
+        "http2_protocol_options": http2_options(windows),
         "upgrade_configs": [{"upgrade_type": "CONNECT"}],
         "route_config": {
             "name": name,
@@ -192,6 +209,7 @@ def hbone_terminate(
     forward_to: Address | Literal["authority"],
     *,
     trust_domain: str = "cluster.local",
+    windows: Windows | None = None,
 ) -> Config:
     """Envoy as a destination ztunnel: HBONE in, raw TCP out to ``forward_to`` or to ``:authority``.
 
@@ -205,13 +223,14 @@ def hbone_terminate(
     else:
         cluster = _static_cluster("target", forward_to)
     listener = connect_terminate_listener(
-        "connect_terminate", listen, cert_dir, trust_domain, "target", filters
+        "connect_terminate", listen, cert_dir, trust_domain, "target", filters, windows
     )
     return {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
 
 
 def hbone_originate(
-    listen: Address, peer: Address, authority: str, cert_dir: CertPaths, expected_san: str
+    listen: Address, peer: Address, authority: str, cert_dir: CertPaths, expected_san: str,
+    windows: Windows | None = None,
 ) -> Config:
     """Envoy as a source ztunnel: plain TCP in, one CONNECT ``authority`` per connection to ``peer``.
 
@@ -232,7 +251,7 @@ def hbone_originate(
     }
     cluster = _static_cluster("hbone", peer)
     cluster["transport_socket"] = upstream_tls(cert_dir, {"exact": expected_san})
-    cluster["typed_extension_protocol_options"] = http2_upstream_options()
+    cluster["typed_extension_protocol_options"] = http2_upstream_options(windows)
     return {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
 
 
