@@ -67,7 +67,8 @@ class Inbound:
         assert plan.upstream is not None
         peer_ip = request.peer_address[0]
         source = role.state.workload_by_ip(peer_ip)
-        sent = parse_baggage(value for name, value in request.headers if name == "baggage")
+        # the source's own baggage describes it only where we cannot look it up (derived_source)
+        sent = parse_baggage(v for k, v in request.headers if k == "baggage") if source is None else None
         labels = traffic_labels(
             reporter="destination", source=source, source_baggage=sent,
             source_principal=str(request.peer_identity) if request.peer_identity else None,
