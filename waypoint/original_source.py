@@ -70,7 +70,7 @@ def parse_original_source(text: str) -> bool | Auto:
         return True
     if value in ("off", "false", "no", "0"):
         return False
-    raise ValueError(f"--original-source {text!r}: expected auto, on or off")
+    raise ValueError(f"{text!r}: expected auto, on or off")
 
 
 def choose_original_source(

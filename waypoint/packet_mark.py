@@ -65,7 +65,10 @@ def parse_mark(text: str) -> int | Auto | None:
         return "auto"
     if value in ("off", "none", ""):
         return None
-    mark = int(value, 0)
+    try:
+        mark = int(value, 0)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected auto, off or a mark such as 1337 or 0x539") from None
     if not 0 <= mark < 1 << 32:
         raise ValueError(f"packet mark {text!r} is not a 32-bit value")
     return mark or None

@@ -293,3 +293,19 @@ def test_auto_mark_without_the_capability_runs_unmarked_and_says_so_once(tmp_pat
     # --original-source auto, the default: off the same way, one line
     notes = [line for line in lines if "original source off" in line]
     assert len(notes) == 1 and "CAP_NET_ADMIN" in notes[0], "".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--packet-mark", "banana", "expected auto, off or a mark"),
+        ("--original-source", "maybe", "expected auto, on or off"),
+    ],
+)
+def test_a_bad_option_value_is_named_with_what_is_expected(option: str, value: str, says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "waypoint", "ztunnel", "--config", ".", option, value],
+        capture_output=True, text=True, timeout=30, cwd=REPO, check=False,
+    )
+    assert done.returncode == 2
+    assert f"argument {option}: '{value}': {says}" in done.stderr, done.stderr[-2000:]

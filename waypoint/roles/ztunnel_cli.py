@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from waypoint.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
 from waypoint.mesh.model import HBONE_PORT
@@ -38,6 +40,21 @@ _LISTENERS = (
     ("--listen-admin", "admin", "127.0.0.1:15000", "GET /config_dump"),
 )
 
+T = TypeVar("T")
+
+
+def _option(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=`` that shows the parser's own message for a bad value (argparse
+    prints only "invalid <name> value" for a plain ValueError)."""
+
+    def typed(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return typed
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("ztunnel", help="run the L4 node proxy (ztunnel role)")
@@ -58,10 +75,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         p.add_argument(option, default=default, metavar="HOST:PORT", help=f"{text} ('off' to disable)")
     p.add_argument("--keepalive-s", type=float, default=10.0, help="HBONE PING interval")
     p.add_argument("--ping-timeout-s", type=float, default=20.0, help="drop an HBONE connection without PONG")
-    p.add_argument("--packet-mark", type=parse_mark, default="auto", metavar="auto|off|MARK",
+    p.add_argument("--packet-mark", type=_option(parse_mark), default="auto", metavar="auto|off|MARK",
                    help="SO_MARK on our own sockets so istio-cni's capture rules skip them (1337 = 0x539); "
                         "auto: 1337 when allowed (CAP_NET_ADMIN), else off")
-    p.add_argument("--original-source", type=parse_original_source, default="auto", metavar="auto|on|off",
+    p.add_argument("--original-source", type=_option(parse_original_source), default="auto", metavar="auto|on|off",
                    help="dial local apps from the client's IP (IP_TRANSPARENT, as ztunnel's ENABLE_ORIG_SRC); "
                         "auto: on when allowed (CAP_NET_ADMIN), else off")
     p.add_argument("--drain-s", type=float, default=5.0, help="grace for live connections on SIGTERM/SIGINT")
