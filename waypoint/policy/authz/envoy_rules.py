@@ -1,0 +1,314 @@
+"""The form a waypoint evaluates: istiod's Envoy RBAC generation, for HTTP and for TCP.
+
+``IS:pilot/pkg/security/authz/model/model.go`` ``New``/``Generate``: each rule becomes principals
+(one per ``from`` entry, else one) and permissions (one per ``to`` entry, else one); every ``when``
+condition is appended to each of them; a rule matches when one principal and one permission hold.
+Inside one, each key is ANDed: its values ORed, its ``not`` values none-of.
+
+For TCP (``forTCP``: an opaque tunnel at the waypoint, Envoy's network RBAC), HTTP-only keys
+(hosts, methods, paths, request headers, JWT attributes) cannot be generated. ``checkError``
+decides what that means: in ALLOW the whole rule is skipped (stricter); in DENY, AUDIT and CUSTOM
+the key is left out (wider: "For a DENY rule, missing attributes are treated as matches", API
+reference). Note: this differs from ztunnel, where a DENY match left empty never matches
+(:mod:`.ztunnel_rules`), and that is what each of the two does.
+"""
+
+from __future__ import annotations
+
+from waypoint.policy.attributes import ConnectionFacts, RequestFacts
+from waypoint.policy.authz.match import (
+    IPNetwork,
+    PathMatch,
+    StringMatch,
+    any_match,
+    ip_blocks,
+    ip_in,
+    string_matches,
+    url_path,
+)
+from waypoint.policy.authz.model import Action, AuthorizationPolicy, Condition, Operation, Rule, Source
+
+
+class Pred:
+    """One key of a principal or permission. ``test`` sees the connection and, for HTTP, the request."""
+
+    __slots__ = ()
+    http_only = False
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        raise NotImplementedError
+
+
+class _IpPred(Pred):
+    """``source.ip``/``ipBlocks``, ``remote.ip``/``remoteIpBlocks`` (as the peer IP: we trust no
+    ``x-forwarded-for`` hop, Istio's default ``numTrustedProxies: 0``) and ``destination.ip``."""
+
+    __slots__ = ("destination", "neg", "pos")
+
+    def __init__(self, pos: tuple[str, ...], neg: tuple[str, ...], *, destination: bool = False) -> None:
+        self.pos: tuple[IPNetwork, ...] = ip_blocks(pos)
+        self.neg: tuple[IPNetwork, ...] = ip_blocks(neg)
+        self.destination = destination
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        ip = conn.destination_ip if self.destination else conn.source_ip
+        if self.pos and not ip_in(self.pos, ip):
+            return False
+        return not (self.neg and ip_in(self.neg, ip))
+
+
+class _PortPred(Pred):
+    __slots__ = ("neg", "pos")
+
+    def __init__(self, pos: tuple[int, ...], neg: tuple[int, ...]) -> None:
+        self.pos = frozenset(pos)
+        self.neg = frozenset(neg)
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        port = conn.destination_port
+        if self.pos and port not in self.pos:
+            return False
+        return port not in self.neg
+
+
+class _StringPred(Pred):
+    """A string attribute with exact/prefix/suffix/presence values; absent matches no value."""
+
+    __slots__ = ("neg", "pos")
+
+    def __init__(self, pos: tuple[str, ...], neg: tuple[str, ...], *, ignore_case: bool = False) -> None:
+        self.pos = string_matches(pos, ignore_case=ignore_case)
+        self.neg = string_matches(neg, ignore_case=ignore_case)
+
+    def value(self, conn: ConnectionFacts, req: RequestFacts | None) -> str | None:
+        raise NotImplementedError
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        text = self.value(conn, req)
+        if self.pos and not any_match(self.pos, text):
+            return False
+        return not (self.neg and any_match(self.neg, text))
+
+
+class _PrincipalPred(_StringPred):
+    """Peer identity without ``spiffe://`` (``generator.go`` ``StringMatcherWithPrefix``)."""
+
+    __slots__ = ()
+
+    def value(self, conn: ConnectionFacts, req: RequestFacts | None) -> str | None:
+        i = conn.source_identity
+        return None if i is None else f"{i.trust_domain}/ns/{i.namespace}/sa/{i.service_account}"
+
+
+class _NamespacePred(_StringPred):
+    """The ``/ns/<x>/`` part of the peer identity (``srcNamespaceGenerator``)."""
+
+    __slots__ = ()
+
+    def value(self, conn: ConnectionFacts, req: RequestFacts | None) -> str | None:
+        i = conn.source_identity
+        return None if i is None else i.namespace
+
+
+class _ServiceAccountPred(Pred):
+    """``serviceAccounts``: ``ns/sa`` or ``sa`` in the policy's namespace (``serviceAccountRegex``)."""
+
+    __slots__ = ("neg", "pos")
+
+    def __init__(self, pos: tuple[str, ...], neg: tuple[str, ...], namespace: str) -> None:
+        self.pos = frozenset(_sa(v, namespace) for v in pos)
+        self.neg = frozenset(_sa(v, namespace) for v in neg)
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        i = conn.source_identity
+        sa = None if i is None else (i.namespace, i.service_account)
+        if self.pos and sa not in self.pos:
+            return False
+        return not (sa is not None and sa in self.neg)
+
+
+def _sa(value: str, namespace: str) -> tuple[str, str]:
+    ns, sep, sa = value.partition("/")
+    return (ns, sa) if sep else (namespace, value)
+
+
+class _AbsentPred(_StringPred):
+    """Attributes this data plane never has here: ``connection.sni`` (the waypoint sees the inner
+    request, not a TLS hello). As in Envoy with no value: values never match, ``not`` values do."""
+
+    __slots__ = ()
+
+    def value(self, conn: ConnectionFacts, req: RequestFacts | None) -> str | None:
+        return None
+
+
+class _AbsentHttpPred(_AbsentPred):
+    """JWT attributes (``requestPrincipals``, ``request.auth.*``): no RequestAuthentication is
+    implemented, so no request has a verified token; HTTP only (``requestPrincipalGenerator``)."""
+
+    __slots__ = ()
+    http_only = True
+
+
+class _HostPred(_StringPred):
+    """``:authority`` as sent, case-insensitive (``HostMatcher``). No port variants are added:
+    ``example.com`` does not match ``example.com:8080`` (istio/istio#44080)."""
+
+    __slots__ = ()
+    http_only = True
+
+    def __init__(self, pos: tuple[str, ...], neg: tuple[str, ...]) -> None:
+        super().__init__(pos, neg, ignore_case=True)
+
+    def value(self, conn: ConnectionFacts, req: RequestFacts | None) -> str | None:
+        return None if req is None else req.host.lower()
+
+
+class _MethodPred(_StringPred):
+    __slots__ = ()
+    http_only = True
+
+    def value(self, conn: ConnectionFacts, req: RequestFacts | None) -> str | None:
+        return None if req is None else req.method
+
+
+class _HeaderPred(_StringPred):
+    """``request.headers[name]``; repeated headers are joined with "," as Envoy's header matcher does."""
+
+    __slots__ = ("name",)
+    http_only = True
+
+    def __init__(self, name: str, pos: tuple[str, ...], neg: tuple[str, ...]) -> None:
+        super().__init__(pos, neg)
+        self.name = name
+
+    def value(self, conn: ConnectionFacts, req: RequestFacts | None) -> str | None:
+        if req is None:
+            return None
+        found: str | None = None
+        for k, v in req.headers:
+            if k == self.name:
+                found = v if found is None else f"{found},{v}"
+        return found
+
+
+class _PathPred(Pred):
+    __slots__ = ("neg", "pos")
+    http_only = True
+
+    def __init__(self, pos: tuple[str, ...], neg: tuple[str, ...]) -> None:
+        self.pos = tuple(PathMatch(p) for p in pos)
+        self.neg = tuple(PathMatch(p) for p in neg)
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        if req is None:
+            return False
+        path = url_path(req.path)
+        if self.pos and not any(m.matches(path) for m in self.pos):
+            return False
+        return not any(m.matches(path) for m in self.neg)
+
+
+AndList = tuple[Pred, ...]
+
+
+class EnvoyPolicy:
+    """One policy compiled for HTTP or for TCP; ``matches`` is Envoy's ``Policy`` evaluation."""
+
+    __slots__ = ("policy", "rules")
+
+    def __init__(
+        self, policy: AuthorizationPolicy, rules: tuple[tuple[tuple[AndList, ...], tuple[AndList, ...]], ...]
+    ) -> None:
+        self.policy = policy
+        self.rules = rules
+
+    def matches(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> bool:
+        for principals, permissions in self.rules:
+            if any(all(p.test(conn, req) for p in ands) for ands in principals) and any(
+                all(p.test(conn, req) for p in ands) for ands in permissions
+            ):
+                return True
+        return False
+
+
+def compile_envoy(policy: AuthorizationPolicy, *, for_tcp: bool) -> EnvoyPolicy:
+    rules: list[tuple[tuple[AndList, ...], tuple[AndList, ...]]] = []
+    for rule in policy.rules:
+        compiled = _rule(rule, policy.namespace, for_tcp=for_tcp, allow=policy.action is Action.ALLOW)
+        if compiled is not None:
+            rules.append(compiled)
+    return EnvoyPolicy(policy, tuple(rules))
+
+
+def _rule(
+    rule: Rule, namespace: str, *, for_tcp: bool, allow: bool
+) -> tuple[tuple[AndList, ...], tuple[AndList, ...]] | None:
+    base_principal: list[Pred] = []
+    base_permission: list[Pred] = []
+    for cond in rule.conditions:
+        pred = _condition(cond)
+        (
+            base_permission if cond.key in ("destination.ip", "destination.port", "connection.sni") else base_principal
+        ).append(pred)
+    principals = [base_principal + _source(s, namespace) for s in rule.sources] or [base_principal]
+    permissions = [base_permission + _operation(o) for o in rule.operations] or [base_permission]
+    if for_tcp:
+        if allow and any(p.http_only for ands in principals + permissions for p in ands):
+            return None  # checkError: the whole rule is skipped in ALLOW
+        principals = [[p for p in ands if not p.http_only] for ands in principals]
+        permissions = [[p for p in ands if not p.http_only] for ands in permissions]
+    return tuple(tuple(a) for a in principals), tuple(tuple(a) for a in permissions)
+
+
+def _source(s: Source, namespace: str) -> list[Pred]:
+    preds: list[Pred] = []
+    if s.ip_blocks or s.not_ip_blocks:
+        preds.append(_IpPred(s.ip_blocks, s.not_ip_blocks))
+    if s.remote_ip_blocks or s.not_remote_ip_blocks:
+        preds.append(_IpPred(s.remote_ip_blocks, s.not_remote_ip_blocks))
+    if s.namespaces or s.not_namespaces:
+        preds.append(_NamespacePred(s.namespaces, s.not_namespaces))
+    if s.request_principals or s.not_request_principals:
+        preds.append(_AbsentHttpPred(s.request_principals, s.not_request_principals))
+    if s.principals or s.not_principals:
+        preds.append(_PrincipalPred(s.principals, s.not_principals))
+    if s.service_accounts or s.not_service_accounts:
+        preds.append(_ServiceAccountPred(s.service_accounts, s.not_service_accounts, namespace))
+    return preds
+
+
+def _operation(o: Operation) -> list[Pred]:
+    preds: list[Pred] = []
+    if o.ports or o.not_ports:
+        preds.append(_PortPred(o.ports, o.not_ports))
+    if o.paths or o.not_paths:
+        preds.append(_PathPred(o.paths, o.not_paths))
+    if o.methods or o.not_methods:
+        preds.append(_MethodPred(o.methods, o.not_methods))
+    if o.hosts or o.not_hosts:
+        preds.append(_HostPred(o.hosts, o.not_hosts))
+    return preds
+
+
+def _condition(c: Condition) -> Pred:
+    v, nv, key = c.values, c.not_values, c.key
+    if key in ("source.ip", "remote.ip"):
+        return _IpPred(v, nv)
+    if key == "destination.ip":
+        return _IpPred(v, nv, destination=True)
+    if key == "destination.port":
+        return _PortPred(tuple(int(p) for p in v), tuple(int(p) for p in nv))
+    if key == "source.namespace":
+        return _NamespacePred(v, nv)
+    if key == "source.principal":
+        return _PrincipalPred(v, nv)
+    if key.startswith("request.headers"):
+        return _HeaderPred(c.header, v, nv)
+    # request.auth.* (HTTP only) and connection.sni (not HTTP only, but never known here).
+    if key.startswith("request.auth."):
+        return _AbsentHttpPred(v, nv)
+    return _AbsentPred(v, nv)
+
+
+__all__ = ["EnvoyPolicy", "Pred", "StringMatch", "compile_envoy"]
