@@ -17,6 +17,7 @@ from waypoint.identity.certs import CertificateProvider, DevCertificateProvider,
 from waypoint.l7.routing.parse import validate_grpcroute, validate_httproute, validate_reference_grant
 from waypoint.mesh.folder import FolderSource
 from waypoint.mesh.kube import KindRegistry, default_registry
+from waypoint.policy.authz import validate_authorization_policy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def config_registry() -> KindRegistry:
     registry.register_kind("HTTPRoute", validate_httproute)
     registry.register_kind("GRPCRoute", validate_grpcroute)
     registry.register_kind("ReferenceGrant", validate_reference_grant)
+    registry.register_kind("AuthorizationPolicy", validate_authorization_policy)
     return registry
 
 

@@ -5,6 +5,14 @@ Shape of Istio's Envoy waypoint (facts §2.4): ``connect_terminate`` on 15008 (a
 trust domain; its identity goes to the filters), ``main_internal`` keyed on the ``:authority``
 (a service VIP:port, or a pod IP:port for workload-addressed traffic), then ``connect_originate``
 to ``<pod IP>:15008`` with ``:authority <pod IP>:<target port>``.
+
+AuthorizationPolicy (``targetRefs`` to this Gateway, its GatewayClass, or a Service it serves;
+facts §3.2) is compiled once per snapshot into a :class:`WaypointAuthorizer`. HTTP requests meet
+it in the RBAC filter, first in the chain (:mod:`waypoint.l7.filters.rbac`: 403
+``RBAC: access denied``); opaque TCP meets it before the upstream is dialled, as Envoy's network
+RBAC filter in ``main_internal`` (facts §2.4): the CONNECT was already answered 200 there (the
+``connect_terminate`` tcp_proxy reached the internal listener), then the connection is closed
+(``docs/root/intro/arch_overview/security/rbac_filter.rst``: "the connection will be closed").
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from waypoint.hbone.headers import parse_forwarded_for
 from waypoint.hbone.pool import HbonePool
 from waypoint.hbone.server import HboneServer, TunnelRequest
@@ -28,6 +38,8 @@ from waypoint.l7.chain import FilterChain
 from waypoint.l7.endpoints import RoundRobinPicker
 from waypoint.l7.filter import DownstreamInfo, Filter
 from waypoint.l7.filters.forwarded import Forwarded
+from waypoint.l7.filters.istio_stats import IstioRequestMetrics
+from waypoint.l7.filters.rbac import AuthzDownstream, RbacFilter
 from waypoint.l7.filters.request_id import RequestId
 from waypoint.l7.h1_server import Http1ServerProtocol
 from waypoint.l7.h2_pool import ProtocolPool
@@ -38,6 +50,8 @@ from waypoint.l7.routing.decision import RequestView, RouteDecision, ServiceRef
 from waypoint.l7.upstream import UpstreamTarget
 from waypoint.mesh.model import Waypoint
 from waypoint.mesh.state import MeshState
+from waypoint.policy.attributes import ConnectionFacts, Decision
+from waypoint.policy.authz import WaypointAuthorizer
 from waypoint.roles.hbone_connector import HboneConnector
 from waypoint.roles.inner import SniffingProtocol
 from waypoint.roles.waypoint_config import HTTP_PROTOCOLS, WaypointConfig
@@ -59,6 +73,7 @@ class WaypointSettings:
     sniff_timeout_s: float = 0.5
     keepalive_s: float = 10.0
     ping_timeout_s: float = 20.0
+    root_namespace: str = "istio-system"  # AuthorizationPolicy's mesh-wide namespace (facts §3.2)
 
 
 class _CurrentConfig:
@@ -93,7 +108,9 @@ class WaypointRole:
         authorization: Sequence[Filter] = (),
         telemetry: Sequence[Filter] = (),
         rng: random.Random | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """``registry``: count ``istio_requests_total`` there (none: no per-request metrics)."""
         self.settings = settings
         self.identity = identity or self._identity_from(state, settings)
         self._certs = certificates
@@ -112,8 +129,15 @@ class WaypointRole:
         self.connector = HboneConnector(self.pool, self.identity, source_ip=source_ip)
         self.upstreams = ProtocolPool(self.connector)
         self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
+        # Istio's order (buildWaypointHTTPFilters): ext_authz (CUSTOM, the given ``authorization``
+        # filters), then RBAC, before everything else
+        self.rbac = RbacFilter(self._authorizer(state), state.snapshot.services)
+        self.registry = registry
+        if registry is not None:
+            telemetry = (*telemetry, IstioRequestMetrics(registry, cluster_domain=state.cluster_domain))
         self.chain = FilterChain(
-            chain_order(authorization, self._configured_filters(state), extra_filters, telemetry), self.router
+            chain_order((*authorization, self.rbac), self._configured_filters(state), extra_filters, telemetry),
+            self.router,
         )
         self.server = HboneServer(
             lambda _ip: self._server_ctx,
@@ -130,6 +154,14 @@ class WaypointRole:
         wp = state.waypoint(settings.namespace, settings.name)
         sa = wp.service_account if wp is not None else settings.name
         return Identity(settings.trust_domain, settings.namespace, sa)
+
+    def _authorizer(self, state: MeshState) -> WaypointAuthorizer | None:
+        """This snapshot's policies for this waypoint; None when there are none at all (the RBAC
+        filter then costs one attribute test per request)."""
+        wp = state.waypoint(self.settings.namespace, self.settings.name)
+        if wp is None or not state.snapshot.objects("AuthorizationPolicy"):
+            return None
+        return WaypointAuthorizer.from_snapshot(state.snapshot, wp, root_namespace=self.settings.root_namespace)
 
     def _configured_filters(self, state: MeshState) -> list[Filter]:
         import yaml
@@ -151,8 +183,9 @@ class WaypointRole:
         )
 
     def update(self, state: MeshState) -> None:
-        """A new snapshot: new routes and endpoints apply from the next request on."""
+        """A new snapshot: new routes, endpoints and policies apply from the next request on."""
         self._current.swap(WaypointConfig.build(state))
+        self.rbac.swap(self._authorizer(state), state.snapshot.services)
 
     def rotate(self) -> None:
         """New certificate for new handshakes; live connections keep theirs."""
@@ -179,12 +212,15 @@ class WaypointRole:
         service = state.service_by_vip(target.host)
         dialled = ServiceRef(service.namespace, service.name, target.port) if service is not None else None
         protocol = config.protocol_of(service, target.port) if service is not None else ""
-        info = DownstreamInfo(
-            peer_address=self._client_address(request),
+        peer = self._client_address(request)
+        info = AuthzDownstream(
+            peer_address=peer,
             peer_identity=str(request.peer_identity) if request.peer_identity else None,
             dialled=dialled,
             destination=(target.host, target.port),
             source_namespace=request.peer_identity.namespace if request.peer_identity else None,
+            connection=ConnectionFacts(peer[0], request.peer_identity, target.host, target.port),
+            service=service,
         )
         if protocol in HTTP_PROTOCOLS:  # HTTP/1.1 or h2c prior knowledge, as Envoy's codec AUTO
             request.accept(lambda: SniffingProtocol(self._inner_choice(info, http=True), None))
@@ -241,16 +277,40 @@ class WaypointRole:
             return exc
         return None
 
+    def _tcp_denied(self, info: DownstreamInfo) -> Decision | None:
+        """Envoy's network RBAC for an opaque TCP tunnel: the deny, or None when allowed."""
+        authz = self.rbac.authorizer
+        if authz is None or not isinstance(info, AuthzDownstream) or info.connection is None:
+            return None
+        decision = authz.check_connection(info.service, info.connection)
+        if decision.allowed:
+            return None
+        self.rbac.denied += 1
+        self.refusals["authorization_denied"] = self.refusals.get("authorization_denied", 0) + 1
+        conn = info.connection
+        log.info("waypoint TCP %s -> %s:%d closed: %s (policy %s)", info.peer_identity or info.peer_address,
+                 conn.destination_ip, conn.destination_port, decision.reason, decision.policy or "none matched")
+        return decision
+
     async def _relay_tcp(self, request: TunnelRequest, info: DownstreamInfo) -> None:
-        """TCP: dial first, answer 200 only once the upstream is up (server-first protocols work)."""
+        """TCP: dial first, answer 200 only once the upstream is up (server-first protocols work).
+        A denied tunnel is answered 200 and closed at once, with no upstream ever dialled (Envoy's
+        network RBAC behind ``connect_terminate``)."""
         relay = Relay()
+        if self._tcp_denied(info) is not None:
+            request.accept(lambda: relay.downstream)
+            relay.fail()
+            return
         if await self._dial(relay, info) is not None:
             request.reject(503)
             return
         request.accept(lambda: relay.downstream)
 
     async def _connect_relay(self, relay: Relay, info: DownstreamInfo) -> None:
-        """Sniffed TCP: the tunnel is already accepted; a failed dial ends it."""
+        """Sniffed TCP: the tunnel is already accepted; a failed dial (or a deny) ends it."""
+        if self._tcp_denied(info) is not None:
+            relay.fail()
+            return
         error = await self._dial(relay, info)
         if error is not None:
             relay.fail(error)
@@ -262,6 +322,8 @@ class WaypointRole:
             "identity": str(self.identity),
             "hbone_connections_opened": self.pool.connections_opened,
             "refusals": dict(self.refusals),
+            "rbac": {"enforcing": self.rbac.authorizer is not None, "allowed": self.rbac.allowed,
+                     "denied": self.rbac.denied},
             "routes": self._current.config.status_dump(),
         }
 

@@ -40,6 +40,7 @@ from waypoint.l4.socks5 import Socks5Protocol
 from waypoint.mesh.model import HBONE_PORT, MeshSnapshot, Workload
 from waypoint.mesh.state import MeshState
 from waypoint.original_source import check_original_source
+from waypoint.policy.authz import ZtunnelAuthorizer
 from waypoint.roles.pod_listeners import FailedBind, PodListeners
 from waypoint.roles.ztunnel_conns import ConnectionTracker
 from waypoint.roles.ztunnel_inbound import Inbound
@@ -84,6 +85,9 @@ class ZtunnelSettings:
     # as ztunnel's freebind_connect with original source on (waypoint/original_source.py). Needs
     # CAP_NET_ADMIN, and under istio-cni the packet mark (the connmark route brings replies back).
     original_source: bool = False
+    # AuthorizationPolicies here without a selector apply to every pod of the mesh (Istio's
+    # ``rootNamespace`` mesh config, default istio-system; facts §3.2)
+    root_namespace: str = "istio-system"
 
     @property
     def default_identity(self) -> Identity:
@@ -126,6 +130,9 @@ class ZtunnelRole:
     ) -> None:
         self.settings = settings
         self.state = self._state(snapshot)
+        # AuthorizationPolicy, compiled once per snapshot; checked on every inbound connection
+        # before the app is dialled (ZT:src/proxy/inbound.rs serve_connect, assert_rbac)
+        self.authz = self._authorizer(snapshot)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = TcpMetrics(self.registry)
         self.conns = ConnectionTracker(self.metrics, settings.metrics_flush_s)
@@ -162,6 +169,9 @@ class ZtunnelRole:
     def _state(self, snapshot: MeshSnapshot) -> MeshState:
         s = self.settings
         return MeshState(snapshot, s.trust_domain, s.cluster_domain, s.cluster_id)
+
+    def _authorizer(self, snapshot: MeshSnapshot) -> ZtunnelAuthorizer:
+        return ZtunnelAuthorizer.from_snapshot(snapshot, root_namespace=self.settings.root_namespace)
 
     # -- readiness -------------------------------------------------------------------------------
     @property
@@ -240,9 +250,17 @@ class ZtunnelRole:
         self._endpoints.clear()
 
     async def apply(self, snapshot: MeshSnapshot) -> None:
-        """A new config snapshot: new plans from now on; listeners follow the local pods."""
+        """A new config snapshot: new plans and policies from now on; listeners follow the local pods.
+
+        Live inbound connections are checked again against the new policies and the ones no longer
+        allowed are closed, as ztunnel's ``PolicyWatcher`` does on every policy change
+        (``ZT:src/proxy/connection_manager.rs``; ``AuthorizationPolicyLateRejection``). ztunnel
+        does it when policies change; we do it on every snapshot, which also covers a pod whose new
+        labels bring it under a policy (a few µs per live connection, once per config change)."""
         self.state = self._state(snapshot)
+        self.authz = self._authorizer(snapshot)
         await self._sync_pods()
+        self.inbound.recheck()
 
     # -- local pods ------------------------------------------------------------------------------
     def _local_pods(self) -> dict[str, Workload]:
@@ -329,7 +347,8 @@ class ZtunnelRole:
             "local_pods": {
                 ip: {"pod": f"{w.namespace}/{w.name}", "identity": str(self.state.identity_of(w)),
                      "hbone": ip in self.hbone_listeners,
-                     **({"hbone_error": self.failed_binds[ip].error} if ip in self.failed_binds else {})}
+                     **({"hbone_error": self.failed_binds[ip].error} if ip in self.failed_binds else {}),
+                     **({"policies": names} if (names := self.authz.policy_names(w)) else {})}
                 for ip, w in sorted(self.local_pods.items())
             },
             "services": sorted(f"{s.namespace}/{s.name}" for s in snap.services),

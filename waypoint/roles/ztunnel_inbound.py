@@ -11,6 +11,16 @@ Plaintext, as ``ZT:src/proxy/inbound_passthrough.rs``: the original destination 
 local pod; the connection is spliced to it, reported with ``connection_security_policy``
 ``unknown``.
 
+AuthorizationPolicy runs on both before the app is dialled (``assert_rbac`` in ``serve_connect``
+and in ``proxy_inbound_plaintext``; facts §1.1 15006 row, §1.4, §3.2). The facts are the
+connection's: the mTLS peer identity (none on plaintext) and the peer IP as source, the local
+pod and the target port (``:authority``'s, or the original destination's) as destination. A
+deny is a 401 on HBONE (refusal reason ``authorization_denied``) and a closed connection on
+plaintext; either way the Istio TCP metrics count it opened and closed with
+``response_flags="DENY"`` (``ZT:src/proxy/metrics.rs`` ``ResponseFlags::AuthorizationPolicyDenied``,
+recorded with ``record_with_flag``). Allowed connections are remembered while they live so a
+policy change can close those no longer allowed (:meth:`Inbound.recheck`, ztunnel's ``PolicyWatcher``).
+
 The app sees the client's IP, as with ztunnel's ``freebind_connect``: with
 ``settings.original_source`` the dial is transparent and bound to the client's address (the
 HBONE peer, or the plaintext peer; :mod:`waypoint.original_source`, facts §1.7), and a dial that
@@ -31,10 +41,12 @@ from waypoint.l4.origdst import original_destination
 from waypoint.l4.plan import InboundPlan, plan_inbound
 from waypoint.l4.relay import Relay
 from waypoint.original_source import app_dial_source
-from waypoint.telemetry.metrics import FLAG_CONNECT, traffic_labels
+from waypoint.policy.attributes import ConnectionFacts, Decision
+from waypoint.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, traffic_labels
 from waypoint.telemetry.peer_metadata import workload_baggage
 
 if TYPE_CHECKING:
+    from waypoint.mesh.model import Workload
     from waypoint.roles.ztunnel import ZtunnelRole
 
 log = logging.getLogger(__name__)
@@ -49,9 +61,55 @@ def refusal_reason(plan: InboundPlan) -> str:
     return "no_upstream"
 
 
+def denial_detail(decision: Decision, applied: list[str] | None = None) -> str:
+    """The log text of a deny: why, and which policy decided; when no ALLOW matched, the policies
+    that applied (ztunnel logs the policy it matched, or that none allowed)."""
+    if decision.policy:
+        reason = decision.reason or "denied"
+        return reason if decision.policy in reason else f"{reason}; policy {decision.policy}"
+    return f"{decision.reason or 'denied'}; no ALLOW policy matched among {', '.join(applied or []) or 'none'}"
+
+
 class Inbound:
     def __init__(self, role: ZtunnelRole) -> None:
         self.role = role
+        # live, allowed connections: what they were checked with (local pod IP, facts), for recheck()
+        self.checked: dict[Relay, tuple[str, ConnectionFacts]] = {}
+
+    # -- authorization ---------------------------------------------------------------------------
+    def authorize(self, workload: Workload, facts: ConnectionFacts, where: str) -> Decision:
+        """The policy decision for one inbound connection (dry-run denials are only logged)."""
+        decision = self.role.authz.check(workload, facts)
+        if decision.dry_run_denied_by:
+            log.info("%s %s -> %s:%d: dry-run policy %s would deny", where, facts.source_identity or facts.source_ip,
+                     facts.destination_ip, facts.destination_port, ", ".join(decision.dry_run_denied_by))
+        return decision
+
+    def track(self, relay: Relay, pod_ip: str, facts: ConnectionFacts) -> None:
+        """Remember an allowed connection while it lives; finished ones are dropped as we go."""
+        checked = self.checked
+        checked[relay] = (pod_ip, facts)
+        if len(checked) > 2 * len(self.role.conns.live) + 64:
+            for done in [r for r in checked if r.done]:
+                del checked[done]
+
+    def recheck(self) -> None:
+        """After a policy change: close the live connections the new policies deny, as ztunnel's
+        ``PolicyWatcher`` (``ZT:src/proxy/connection_manager.rs``): "connection closed because it's
+        no longer allowed after a policy update" (``AuthorizationPolicyLateRejection``)."""
+        role = self.role
+        for relay, (pod_ip, facts) in list(self.checked.items()):
+            workload = role.local_pods.get(pod_ip)
+            if relay.done or workload is None:
+                del self.checked[relay]
+                continue
+            decision = role.authz.check(workload, facts)
+            if not decision.allowed:
+                del self.checked[relay]
+                log.info("inbound %s -> %s:%d closed because it's no longer allowed after a policy update: %s",
+                         facts.source_identity or facts.source_ip, facts.destination_ip, facts.destination_port,
+                         denial_detail(decision, role.authz.policy_names(workload)))
+                relay.abort()
 
     # -- 15008 -----------------------------------------------------------------------------------
     async def on_tunnel(self, request: TunnelRequest) -> None:
@@ -77,6 +135,13 @@ class Inbound:
             if plan.destination_workload is not None else None,
             service=_guess_service(role, plan, request), mtls=True, cluster=role.settings.cluster_id,
         )
+        workload = plan.destination_workload or role.local_pods[local_ip]
+        facts = ConnectionFacts(peer_ip, request.peer_identity, plan.upstream[0], plan.upstream[1])
+        decision = self.authorize(workload, facts, "inbound")
+        if not decision.allowed:  # before the app is dialled (ZT:src/proxy/inbound.rs assert_rbac)
+            role.metrics.connection_failed(labels, FLAG_DENY)
+            request.refuse(401, "authorization_denied", denial_detail(decision, role.authz.policy_names(workload)))
+            return
         relay = role.conns.new_relay()
         try:
             async with asyncio.timeout(role.settings.connect_timeout_s):
@@ -95,6 +160,7 @@ class Inbound:
             relay.fail()
             raise
         role.conns.opened(relay, labels)
+        self.track(relay, local_ip, facts)
 
     async def _dial_app(self, relay: Relay, upstream: tuple[str, int], peer_ip: str) -> None:
         settings = self.role.settings
@@ -142,12 +208,22 @@ class Inbound:
 
     async def _plaintext_upstream(self, relay: Relay, peer: tuple[str, int], dst: tuple[str, int]) -> None:
         role = self.role
+        workload = role.local_pods[dst[0]]
         labels = traffic_labels(
             reporter="destination", source=role.state.workload_by_ip(peer[0]),
-            destination=role.local_pods[dst[0]],
-            destination_principal=str(role.state.identity_of(role.local_pods[dst[0]])),
+            destination=workload,
+            destination_principal=str(role.state.identity_of(workload)),
             cluster=role.settings.cluster_id,
         )
+        # no identity on plaintext: a policy needing a principal never allows it (facts §1.1, 15006)
+        facts = ConnectionFacts(peer[0], None, dst[0], dst[1])
+        decision = self.authorize(workload, facts, "inbound_plaintext")
+        if not decision.allowed:  # ZT:src/proxy/inbound_passthrough.rs: closed, counted with DENY
+            role.metrics.connection_failed(labels, FLAG_DENY)
+            detail = denial_detail(decision, role.authz.policy_names(workload))
+            role.refused("inbound_plaintext", "authorization_denied", f"{peer} -> {dst}: {detail}")
+            relay.fail()
+            return
         try:
             async with asyncio.timeout(role.settings.connect_timeout_s):
                 await self._dial_app(relay, dst, peer[0])
@@ -157,6 +233,7 @@ class Inbound:
             log.info("inbound plaintext %s -> %s: dial failed %r", peer, dst, exc)
             return
         role.conns.opened(relay, labels)
+        self.track(relay, dst[0], facts)
 
 
 def _guess_service(role: ZtunnelRole, plan: InboundPlan, request: TunnelRequest) -> object:

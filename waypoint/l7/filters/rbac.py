@@ -1,0 +1,121 @@
+"""The waypoint's RBAC filter: AuthorizationPolicy on each HTTP request, before anything else runs.
+
+Envoy's HTTP RBAC filter (``source/extensions/filters/http/rbac/rbac_filter.cc``
+``decodeHeaders``), which istiod puts in the waypoint after ext_authz and jwt_authn
+(``IS:pilot/pkg/networking/core/listener_waypoint.go`` ``buildWaypointHTTPFilters``; facts §3.1):
+a denied request is answered from the proxy with ``403`` and the body ``RBAC: access denied``,
+response code details ``rbac_access_denied_matched_policy[<policy>]`` (``none`` when no ALLOW
+matched), and no response flag (the filter sets none, so Istio's ``response_flags`` is ``-``).
+A gRPC request gets Envoy's gRPC local reply instead: HTTP 200 trailers-only with
+``grpc-status: 7`` (PERMISSION_DENIED, ``httpToGrpcStatus(403)``) and the body as
+``grpc-message`` (:func:`waypoint.l7.chain.render_local_reply`).
+
+The decision is the engine's (:class:`waypoint.policy.authz.WaypointAuthorizer`, sans-I/O); this
+filter only gathers the facts. The connection's half (peer identity proven by mTLS, peer address,
+the ``:authority`` destination, the dialled Service) is worked out once per tunnel by the role
+and carried on :class:`AuthzDownstream`, so a request adds only its method, path, host and headers.
+
+Cost when no policy applies: with no policy for this waypoint the filter has no authorizer and a
+request costs one attribute test (Envoy's "no engine, allowed by default"); with policies for
+some services only, a request to another service costs one set lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from waypoint.identity.spiffe import Identity
+from waypoint.l7.filter import CONTINUE, DownstreamInfo, Filter, LocalReply, RequestContext, Result
+from waypoint.l7.message import RequestHead
+from waypoint.mesh.model import Service
+from waypoint.policy.attributes import ConnectionFacts, Decision, RequestFacts
+from waypoint.policy.authz import WaypointAuthorizer
+
+log = logging.getLogger(__name__)
+
+DENIED_BODY = b"RBAC: access denied"
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzDownstream(DownstreamInfo):
+    """A tunnel's :class:`DownstreamInfo` plus what authorization needs, computed once per tunnel."""
+
+    connection: ConnectionFacts | None = None
+    service: Service | None = None  # the Service whose VIP the client dialled (targetRefs kind Service)
+
+
+def connection_facts(info: DownstreamInfo) -> ConnectionFacts:
+    """The L4 facts of a downstream that did not come with them (plain TCP, tests): no identity."""
+    if isinstance(info, AuthzDownstream) and info.connection is not None:
+        return info.connection
+    peer = info.peer_address or ("", 0)
+    dest = info.destination or ("", 0)
+    identity = Identity.parse(info.peer_identity) if info.peer_identity else None
+    return ConnectionFacts(peer[0], identity, dest[0], dest[1])
+
+
+def request_host(authority: str, scheme: str) -> str:
+    """``:authority`` without the scheme's default port (the contract of ``RequestFacts.host``)."""
+    suffix = _DEFAULT_PORTS.get(scheme)
+    if suffix is not None and authority.endswith(suffix):
+        return authority[: -len(suffix)]
+    return authority
+
+
+def denial(decision: Decision) -> LocalReply:
+    """Envoy's answer to a denied request (``sendLocalReply(Forbidden, "RBAC: access denied", ...,
+    RcDetails::RbacAccessDenied)``); the details name the deciding policy, as Envoy's do."""
+    return LocalReply(403, DENIED_BODY, details=f"rbac_access_denied_matched_policy[{decision.policy or 'none'}]")
+
+
+class RbacFilter(Filter):
+    """AuthorizationPolicy at the waypoint. :meth:`swap` installs the next snapshot's authorizer;
+    live connections see it on their next request."""
+
+    name = "rbac"
+
+    def __init__(self, authorizer: WaypointAuthorizer | None = None, services: Iterable[Service] = ()) -> None:
+        self.allowed = 0  # Envoy's rbac.allowed / rbac.denied counters (only counted with an authorizer)
+        self.denied = 0
+        self.swap(authorizer, services)
+
+    def swap(self, authorizer: WaypointAuthorizer | None, services: Iterable[Service] = ()) -> None:
+        """Install ``authorizer``; ``services`` are the snapshot's, to learn once which ones have
+        policies of their own (the rest are checked only when Gateway-level policies exist)."""
+        self.gateway_level = authorizer is not None and bool(authorizer.policy_names(None))
+        gateway = set(authorizer.policy_names(None)) if authorizer is not None else set()
+        self.bound: frozenset[tuple[str, str]] = frozenset(
+            (s.namespace, s.name) for s in services
+            if authorizer is not None and set(authorizer.policy_names(s)) - gateway
+        )
+        self.authorizer = authorizer if self.gateway_level or self.bound else None
+
+    def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
+        authz = self.authorizer
+        if authz is None:
+            return CONTINUE
+        info = ctx.info
+        service = info.service if isinstance(info, AuthzDownstream) else None
+        if not self.gateway_level and (service is None or (service.namespace, service.name) not in self.bound):
+            return CONTINUE
+        facts = RequestFacts(
+            connection_facts(info),
+            head.method,
+            head.path,
+            request_host(head.authority, head.scheme),
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
+        )
+        decision = authz.check_request(service, facts)
+        if decision.dry_run_denied_by:
+            log.info("rbac: dry-run policy %s would deny %s %s from %s", ", ".join(decision.dry_run_denied_by),
+                     head.method, head.path, info.peer_identity or info.peer_address)
+        if decision.allowed:
+            self.allowed += 1
+            return CONTINUE
+        self.denied += 1
+        log.debug("rbac: %s %s from %s denied: %s (policy %s)", head.method, head.path,
+                  info.peer_identity or info.peer_address, decision.reason, decision.policy or "none")
+        return denial(decision)
