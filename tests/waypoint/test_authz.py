@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 
 from tests.l7h2.test_grpc import _unary
 from tests.support.apps import tcp_echo
-from waypoint.l7.filters.istio_stats import IstioRequestMetrics
 
 from . import manifests as m
 from .apps import EchoApp, serve
@@ -46,9 +45,9 @@ def service_ref(name: str) -> dict[str, str]:
 
 
 async def with_metrics(make_mesh: MeshFactory, *extra: m.Doc) -> tuple[RunningMesh, CollectorRegistry]:
-    registry = CollectorRegistry()
-    mesh = await make_mesh(m.standard(*extra), filters=[IstioRequestMetrics(registry)])
-    return mesh, registry
+    """A dev mesh and the registry its /metrics serves (the ztunnel's port; waypoints count there)."""
+    mesh = await make_mesh(m.standard(*extra))
+    return mesh, mesh.dev.registry
 
 
 def requests_total(registry: CollectorRegistry) -> dict[str, float]:
@@ -129,12 +128,12 @@ def grpc_server() -> Iterator[list[bytes]]:
 async def test_grpc_deny_is_permission_denied(make_mesh: MeshFactory, grpc_server: list[bytes]) -> None:
     deny = policy("deny-admin", {"targetRefs": [service_ref("grpc-echo")], "action": "DENY", "rules": [
         {"to": [{"operation": {"paths": ["/test.Echo/Admin"]}}]}]})
-    registry = CollectorRegistry()
     mesh = await make_mesh(m.standard(
         m.pod("grpc-echo", GRPC_IP, ports=(GRPC_PORT,)),
         m.service("grpc-echo", GRPC_VIP, [("grpc", GRPC_PORT, GRPC_PORT)]),
         deny,
-    ), filters=[IstioRequestMetrics(registry)])
+    ))
+    registry = mesh.dev.registry
     async with socks_forwarder(mesh.socks, (GRPC_VIP, GRPC_PORT), m.CLIENT_IP) as local:
         def calls() -> None:
             with grpc.insecure_channel(f"{local[0]}:{local[1]}") as ch:

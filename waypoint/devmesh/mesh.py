@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from waypoint.devmesh.addresses import assign_waypoint_addresses
 from waypoint.identity.ca import DevCA
 from waypoint.identity.certs import DevCertificateProvider
 from waypoint.l7.filter import Filter
+from waypoint.l7.filters.istio_stats import IstioRequestMetrics
 from waypoint.mesh.folder import FolderSource
 from waypoint.mesh.model import MeshSnapshot
 from waypoint.mesh.state import MeshState
@@ -65,6 +68,10 @@ class DevMesh:
         self.source = folder_source(str(self.settings.config))
         self.ca = self._dev_ca()
         self.certificates = DevCertificateProvider(self.ca)
+        # one /metrics on the ztunnel's port for the whole dev mesh: its TCP series and every
+        # waypoint's istio_requests_total (reporter="waypoint"), one counter shared by all of them
+        self.registry = CollectorRegistry()
+        self.request_metrics = IstioRequestMetrics(self.registry)
 
     def _dev_ca(self) -> DevCA:
         ca_dir = self.settings.ca_dir
@@ -89,7 +96,7 @@ class DevMesh:
     async def start(self) -> None:
         snapshot = self._snapshot(self.source.reload())
         await self._sync_waypoints(snapshot)  # before the ztunnel: readiness means everything is up
-        self.ztunnel = ZtunnelRole(self._ztunnel_settings(), snapshot, self.certificates)
+        self.ztunnel = ZtunnelRole(self._ztunnel_settings(), snapshot, self.certificates, registry=self.registry)
         self.ztunnel.dump_extensions["waypoint_roles"] = lambda: [w.config_dump() for w in self.waypoints.values()]
         await self.ztunnel.start()
 
@@ -115,7 +122,7 @@ class DevMesh:
             role = WaypointRole(
                 WaypointSettings(wp.namespace, wp.name, address, trust_domain=self.settings.trust_domain,
                                  keepalive_s=self.settings.keepalive_s, ping_timeout_s=self.settings.ping_timeout_s),
-                state, self.certificates, extra_filters=self.waypoint_filters,
+                state, self.certificates, extra_filters=self.waypoint_filters, telemetry=(self.request_metrics,),
             )
             await role.start()
             self.waypoints[key] = role
