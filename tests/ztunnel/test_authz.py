@@ -202,6 +202,15 @@ async def test_allow_nothing_scope(mesh: Callable[..., Awaitable[Mesh]], app: li
     assert await call(m, CLIENT_IP) == ((0, b"ping") if allowed else (NOT_ALLOWED, b""))
 
 
+@pytest.mark.parametrize(("ns", "allowed"), [("mesh-root", False), ("istio-system", True)],
+                         ids=["configured-root-applies", "istio-system-is-then-ordinary"])
+async def test_root_namespace_is_configurable(mesh: Callable[..., Awaitable[Mesh]], app: list[str], ns: str,
+                                              allowed: bool) -> None:
+    """``--root-namespace`` (Istio's meshConfig ``rootNamespace``) moves the mesh-wide scope."""
+    m = await mesh(policy("allow-nothing", ns, ""), root_namespace="mesh-root")
+    assert await call(m, CLIENT_IP) == ((0, b"ping") if allowed else (NOT_ALLOWED, b""))
+
+
 async def test_plaintext_on_15006_denied_without_a_principal(
     mesh: Callable[..., Awaitable[Mesh]], app: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:

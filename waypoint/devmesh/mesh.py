@@ -40,6 +40,7 @@ class DevSettings:
 
     config: Path = EXAMPLE_DIR
     trust_domain: str = "cluster.local"
+    root_namespace: str = "istio-system"  # AuthorizationPolicy's mesh-wide namespace (facts §3.2)
     ca_dir: Path | None = None  # keep the dev CA here (created if missing); None: a fresh one in memory
     socks5: Address | None = ("127.0.0.1", 15080)
     outbound: Address | None = ("127.0.0.1", 15001)
@@ -87,7 +88,7 @@ class DevMesh:
         return ZtunnelSettings(
             node=s.node, trust_domain=s.trust_domain, dev=True, outbound=s.outbound, socks5=s.socks5,
             inbound_plaintext=s.inbound_plaintext, readiness=s.readiness, metrics=s.metrics, admin=s.admin,
-            keepalive_s=s.keepalive_s, ping_timeout_s=s.ping_timeout_s,
+            keepalive_s=s.keepalive_s, ping_timeout_s=s.ping_timeout_s, root_namespace=s.root_namespace,
         )
 
     def _snapshot(self, snapshot: MeshSnapshot) -> MeshSnapshot:
@@ -121,7 +122,8 @@ class DevMesh:
                 await self.waypoints.pop(key).stop(1.0)
             role = WaypointRole(
                 WaypointSettings(wp.namespace, wp.name, address, trust_domain=self.settings.trust_domain,
-                                 keepalive_s=self.settings.keepalive_s, ping_timeout_s=self.settings.ping_timeout_s),
+                                 keepalive_s=self.settings.keepalive_s, ping_timeout_s=self.settings.ping_timeout_s,
+                                 root_namespace=self.settings.root_namespace),
                 state, self.certificates, extra_filters=self.waypoint_filters, telemetry=(self.request_metrics,),
             )
             await role.start()

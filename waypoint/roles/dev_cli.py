@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--config", metavar="DIR", help="folder of Kubernetes YAML (default: the shipped example)")
     p.add_argument("--ca-dir", metavar="DIR", help="keep the dev CA here (created if missing)")
     p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--root-namespace", default="istio-system", metavar="NS",
+                   help="AuthorizationPolicies here without a selector apply mesh-wide (Istio's rootNamespace)")
     for option, _field, default in _LISTENERS:
         p.add_argument(option, default=default, metavar="HOST:PORT", help="'off' to disable")
     p.set_defaults(func=main)
@@ -48,6 +50,7 @@ def settings_from(args: argparse.Namespace) -> DevSettings:
     return DevSettings(
         config=Path(args.config) if args.config else EXAMPLE_DIR,
         trust_domain=args.trust_domain,
+        root_namespace=args.root_namespace,
         ca_dir=Path(args.ca_dir) if args.ca_dir else None,
         **listeners,  # type: ignore[arg-type]
     )

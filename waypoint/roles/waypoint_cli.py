@@ -28,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--address", help="IP to serve HBONE on (default: the Gateway's address, else 0.0.0.0)")
     p.add_argument("--port", type=int, default=HBONE_PORT)
     p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--root-namespace", default="istio-system", metavar="NS",
+                   help="AuthorizationPolicies here without a selector apply mesh-wide (Istio's rootNamespace)")
     p.add_argument("--ca-dir", help="dev CA folder (created if missing); mints this waypoint's certificate")
     p.add_argument("--cert-dir", help="Istio mounted certificate files (cert-chain.pem, key.pem, root-cert.pem)")
     p.add_argument("--readiness", default="0.0.0.0:15021", metavar="HOST:PORT")
@@ -55,7 +57,8 @@ async def _serve(
     if wp is None:
         log.warning("no waypoint Gateway %s/%s in %s (yet); serving anyway", namespace, name, args.config)
     address = args.address or (waypoint_address(state, wp) if wp else None) or "0.0.0.0"
-    settings = WaypointSettings(namespace, name, address, args.port, args.trust_domain)
+    settings = WaypointSettings(namespace, name, address, args.port, args.trust_domain,
+                                root_namespace=args.root_namespace)
     certificates = certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain)
     role = WaypointRole(settings, state, certificates)
     await role.start(reuse_port=workers > 1)

@@ -67,6 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--cluster-id", default="Kubernetes")
+    p.add_argument("--root-namespace", default="istio-system", metavar="NS",
+                   help="AuthorizationPolicies here without a selector apply mesh-wide (Istio's rootNamespace)")
     certs = p.add_mutually_exclusive_group()
     certs.add_argument("--ca-dir", help="dev CA folder (created if missing); mints every pod's certificate")
     certs.add_argument("--cert-dir", help="Istio mounted certificate files (one identity)")
@@ -111,6 +113,7 @@ def settings_from(args: argparse.Namespace) -> ZtunnelSettings:
         ping_timeout_s=args.ping_timeout_s,
         packet_mark=packet_mark,
         original_source=original_source,
+        root_namespace=args.root_namespace,
         **listeners,  # type: ignore[arg-type]
     )
 
