@@ -34,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p = subparsers.add_parser("dev", help="run the dev mesh on localhost (ztunnel + waypoints + dev CA)")
     p.add_argument("--config", metavar="DIR", help="folder of Kubernetes YAML (default: the shipped example)")
     p.add_argument("--ca-dir", metavar="DIR", help="keep the dev CA here (created if missing)")
+    p.add_argument("--example-apps", action="store_true",
+                   help="with --config: also start the example's apps for the folder's pods labelled app=echo "
+                        "(HTTP echo) and app=tcp-echo (TCP echo), e.g. in a copy of the example with a policy added")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--root-namespace", default="istio-system", metavar="NS",
                    help="AuthorizationPolicies here without a selector apply mesh-wide (Istio's rootNamespace)")
@@ -61,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     if not settings.config.is_dir():
         print(f"waypoint dev: {settings.config} is not a folder", file=sys.stderr)
         return 2
-    return run(lambda stop: _serve(settings, example=args.config is None, stop=stop))
+    return run(lambda stop: _serve(settings, example=args.config is None or args.example_apps, stop=stop))
 
 
 async def _serve(settings: DevSettings, *, example: bool, stop: asyncio.Event) -> int:
