@@ -338,15 +338,21 @@ def report(figures: dict[str, Figures], bulk: list[str], notes: dict[str, str], 
         print(f"{name}: {why}")
 
 
-async def main(seconds: float, only: list[str], repeat: int) -> int:
-    ensure_free(FIXED)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-l4-"))
+async def start_target(prefix: str) -> tuple[L4Setup, TargetServer]:
+    """The target app, the two identities' certificate folders, and our scenario's setup (the
+    Envoy scenarios are this setup on their own addresses)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     ca = TestCA()
     client_certs = ca.write_cert_dir(workdir / "client", CLIENT_ID)
     server_certs = ca.write_cert_dir(workdir / "server", SERVER_ID)
     target = TargetServer()
     target_addr = await target.start(SERVER_IP)
-    ours_setup = L4Setup((CLIENT_IP, 15001), target_addr, SERVER_IP, client_certs, server_certs, workdir)
+    return L4Setup((CLIENT_IP, 15001), target_addr, SERVER_IP, client_certs, server_certs, workdir), target
+
+
+async def main(seconds: float, only: list[str], repeat: int) -> int:
+    ensure_free(FIXED)
+    ours_setup, target = await start_target("bench-l4-")
     setups = {
         "plain": ours_setup,
         "ours": ours_setup,

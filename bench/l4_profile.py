@@ -23,7 +23,6 @@ import collections
 import dataclasses
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -31,20 +30,16 @@ import uvloop
 
 from bench.common import CpuMeter, NotAvailable, machine_to_ourselves, print_table
 from bench.l4 import (
-    CLIENT_ID,
-    CLIENT_IP,
     ENVOY_CLIENT_IP,
     ENVOY_SERVER_IP,
     FIXED,
     ROLES,
     SCENARIOS,
-    SERVER_ID,
-    SERVER_IP,
     L4Setup,
     connector,
+    start_target,
 )
 from bench.l4load import TargetServer, bulk_throughput
-from tests.support.envoy import TestCA
 
 Stack = list[str]  # one sample's frames, leaf first, each "symbol (dso)"
 
@@ -168,13 +163,8 @@ def report(profiles: dict[str, dict[str, Profile]], streams: int) -> None:
 
 
 async def main(streams: int, seconds: float, only: list[str]) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-l4-profile-"))
-    ca = TestCA()
-    client_certs = ca.write_cert_dir(workdir / "client", CLIENT_ID)
-    server_certs = ca.write_cert_dir(workdir / "server", SERVER_ID)
-    target = TargetServer()
-    target_addr = await target.start(SERVER_IP)
-    ours_setup = L4Setup((CLIENT_IP, 15001), target_addr, SERVER_IP, client_certs, server_certs, workdir)
+    ours_setup, target = await start_target("bench-l4-profile-")
+    workdir = ours_setup.workdir
     setups = {"ours": ours_setup,
               "envoy": dataclasses.replace(ours_setup, listen=(ENVOY_CLIENT_IP, 0), server_ip=ENVOY_SERVER_IP)}
     try:

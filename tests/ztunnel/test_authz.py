@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.apps import tcp_echo
 from tests.support.wait import wait_for
 from waypoint.errors import TunnelError
 from waypoint.hbone.pool import HbonePool, PoolKey
@@ -105,14 +106,7 @@ async def app() -> AsyncIterator[list[str]]:
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peers.append(writer.get_extra_info("peername")[0])
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        await tcp_echo(reader, writer)
 
     servers = [await asyncio.start_server(echo, SERVER_IP, port) for port in (SERVER_PORT, OTHER_PORT)]
     yield peers
