@@ -90,7 +90,7 @@ def test_two_workers_share_the_hbone_port_and_stop_together(tmp_path: Path) -> N
     proc = subprocess.Popen([
         WAYPOINT, "waypoint", "--config", str(tmp_path / "config"), "--gateway", "shop/waypoint",
         "--ca-dir", str(tmp_path / "ca"), "--readiness", f"{ADDRESS}:15021", "--admin", f"{ADDRESS}:15000",
-        "--concurrency", "2",
+        "--metrics", f"{ADDRESS}:15020", "--concurrency", "2",
     ])
     try:
         wait_until(ready)

@@ -72,6 +72,7 @@ async def processes(tmp_path: Path) -> AsyncIterator[dict[str, subprocess.Popen[
                           tmp_path / "ztunnel.log"),
         "waypoint": _start(["waypoint", "--config", str(config), "--gateway", "app/waypoint", "--ca-dir",
                             str(ca_dir), "--readiness", f"{m.ip('11.3')}:0", "--admin", f"{m.ip('11.3')}:0",
+                            "--metrics", "off",
                             "--concurrency", "1"],  # one process: its pid is the one carrying traffic
                            tmp_path / "waypoint.log"),
     }

@@ -17,6 +17,8 @@ from waypoint.l7.filter import LocalReply, RequestContext
 from waypoint.l7.flow import PEER_FULL, CorkedWriter, RelayPeer
 from waypoint.l7.message import DATA, HeaderList, RequestHead, ResponseHead, apply_mutation
 from waypoint.l7.mirror import MirrorExchange
+from waypoint.l7.response_flags import NO_HEALTHY_UPSTREAM as UH
+from waypoint.l7.response_flags import UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RETRY_LIMIT_EXCEEDED, add_flag, reset_flag
 from waypoint.l7.routing.decision import RouteDecision
 from waypoint.l7.upstream import UpstreamConnection, UpstreamTarget
 
@@ -153,6 +155,9 @@ class UpstreamExchange:
         if self._can_retry():
             self._retry()
             return
+        add_flag(self.ctx, reset_flag(reason))
+        if self._retried and self._retries_left == 0:  # Envoy: RetryStatus::NoRetryLimitExceeded
+            add_flag(self.ctx, UPSTREAM_RETRY_LIMIT_EXCEEDED)
         self._finish(release=False)
         self.stream.reply_from_router(reset_reply(reason, self._retried))
 
@@ -181,6 +186,7 @@ class UpstreamExchange:
         self._pending = list(replay)
         target = self.router.repick(self)
         if target is None:
+            add_flag(self.ctx, UH)
             self._finish(release=False)
             self.stream.reply_from_router(LocalReply(503, NO_HEALTHY_UPSTREAM))
             return
@@ -236,6 +242,7 @@ class UpstreamExchange:
         if self.finished:
             return
         started = self.response_started
+        add_flag(self.ctx, UPSTREAM_REQUEST_TIMEOUT)
         self._finish(release=False)
         if started:
             self.stream.reset()
@@ -249,9 +256,12 @@ class UpstreamExchange:
 
     def on_response_headers(self, head: ResponseHead, end_stream: bool) -> None:
         retry = self.decision.retry
-        if retry is not None and head.status in retry.codes and self._can_retry():
-            self._retry()
-            return
+        if retry is not None and head.status in retry.codes:
+            if self._can_retry():
+                self._retry()
+                return
+            if self._retried and self._retries_left == 0:  # passed on after the last retry: URX
+                add_flag(self.ctx, UPSTREAM_RETRY_LIMIT_EXCEEDED)
         for mutation in self.decision.response_headers:
             apply_mutation(head.headers, mutation)
         self.response_started = True
@@ -287,6 +297,7 @@ class UpstreamExchange:
         if before_headers and not self.response_started:
             self._attempt_failed(reason)
         else:
+            add_flag(self.ctx, reset_flag(reason))
             self._finish(release=False)
             self.stream.reset()
 
@@ -316,6 +327,11 @@ class UpstreamExchange:
             else:
                 conn.close()
         self.router.picker.done(self.target)
+
+    @property
+    def relayed(self) -> bool:
+        """After a ``101`` the byte relay owns the connection (the exchange never finishes itself)."""
+        return self._relayed
 
     def abort(self) -> None:
         """The downstream stream ended first (reset, or a local reply replaced the response)."""

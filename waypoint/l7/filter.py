@@ -90,6 +90,10 @@ class DownstreamInfo:
     scheme: str = "http"
     http2: bool = False  # the downstream speaks HTTP/2 (an AUTO upstream follows it, as Envoy's
     # ``use_downstream_protocol_config``)
+    # For telemetry's peer labels (Istio's waypoint reads them from workload discovery by address):
+    # the client's workload (mesh model), and the pod dialled when no service was; None if unknown.
+    source_workload: Any = field(default=None, compare=False, repr=False)
+    destination_workload: Any = field(default=None, compare=False, repr=False)
     # the peer's IP as ``x-forwarded-for`` appends it: encoded once per connection, not per request
     peer_ip: bytes | None = field(init=False, repr=False, compare=False)
 
@@ -107,8 +111,11 @@ class RequestContext:
         "authority",
         "info",
         "request",
+        "request_bytes",
         "request_id",
         "response",
+        "response_bytes",
+        "response_flags",
         "route",
         "started_at",
         "stream",
@@ -122,6 +129,11 @@ class RequestContext:
         self.request_id: str | None = None
         self.route: RouteDecision | None = None
         self.response: ResponseHead | None = None
+        # Envoy's response flags for this request (``UH``, ``UF``, ``UT``, ``URX``, ``DC``; "-" none),
+        # set where the router decides them: read by telemetry, as Envoy's ``%RESPONSE_FLAGS%``.
+        self.response_flags = "-"
+        self.request_bytes = 0  # body bytes each way, counted only when a telemetry filter asks
+        self.response_bytes = 0
         self.started_at = started_at
         self._state: dict[str, Any] | None = None  # made on first use: most requests need none
         self.stream: Stream | None = None

@@ -15,6 +15,8 @@ from waypoint.l7.filter import CONTINUE, Filter, LocalReply, RequestContext, Res
 from waypoint.l7.message import DATA, TRAILERS, HeaderList, RequestHead, apply_mutation
 from waypoint.l7.mirror import MirrorExchange
 from waypoint.l7.pool import UpstreamPool
+from waypoint.l7.response_flags import NO_HEALTHY_UPSTREAM as UH
+from waypoint.l7.response_flags import NO_ROUTE_FOUND, add_flag
 from waypoint.l7.routing.decision import DecisionKind, RequestView, RouteDecision, ServiceRef
 from waypoint.l7.upstream import UpstreamTarget, following
 
@@ -69,11 +71,14 @@ class Router(Filter):
         decision = self.resolver.resolve(ctx.view())
         ctx.route = decision
         if decision.kind is not _FORWARD:
+            if decision.status == 404 and not decision.route_name:  # no rule matched: Envoy's NR
+                add_flag(ctx, NO_ROUTE_FOUND)
             return self._answer(decision)
         if decision.new_path is not None or decision.new_authority is not None or decision.request_headers:
             self._rewrite(head, decision)
         target = self._pick(ctx, decision.backend)
         if target is None:
+            add_flag(ctx, UH)
             return LocalReply(503, NO_HEALTHY_UPSTREAM, details="no_healthy_upstream")
         exchange = ctx.upstream = UpstreamExchange(self, ctx, head, end_stream, target, decision)
         if decision.mirrors:

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from waypoint.l7.flow import CorkedWriter, RelayPeer
 from waypoint.l7.message import HeaderList, RequestHead, ResponseHead
@@ -47,6 +47,8 @@ class UpstreamTarget:
     service: ServiceRef | None = None
     protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
     identity: str | None = None  # the endpoint's SPIFFE ID, for the HBONE connector's SAN check
+    # the endpoint's workload (mesh model), for telemetry's destination labels; not part of equality
+    workload: Any = field(default=None, compare=False, repr=False)
     # What pooled connections are shared by: same endpoint, same protocol.
     key: tuple[str, int, UpstreamProtocol] = field(init=False, repr=False, compare=False)
     # AUTO only: the HTTP/1.1 and HTTP/2 forms, made once here rather than per request by ``following``.

@@ -130,5 +130,5 @@ class WaypointConfig:
         targets = []
         for ep in self.state.endpoints(svc, ref.port):
             identity = str(self.state.identity_of(ep.workload)) if self.state.is_ambient(ep.workload) else None
-            targets.append(UpstreamTarget(ep.ip, ep.port, ref, proto, identity))
+            targets.append(UpstreamTarget(ep.ip, ep.port, ref, proto, identity, workload=ep.workload))
         return tuple(targets)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -34,6 +35,7 @@ class Response:
 
 
 Handler = Callable[[], Response]
+AnyHandler = Callable[[], Response | Awaitable[Response]]  # async: a merged multi-worker scrape
 
 
 def readiness_routes(pending: Callable[[], Sequence[str]]) -> dict[str, Handler]:
@@ -72,7 +74,7 @@ def config_dump_routes(dump: Callable[[], object]) -> dict[str, Handler]:
 class HttpEndpoint:
     """A GET-only HTTP/1.x server for a fixed table of paths."""
 
-    def __init__(self, routes: dict[str, Handler], name: str = "admin") -> None:
+    def __init__(self, routes: Mapping[str, AnyHandler], name: str = "admin") -> None:
         self.routes = routes
         self.name = name
         self._servers: list[asyncio.Server] = []
@@ -89,7 +91,7 @@ class HttpEndpoint:
             await server.wait_closed()
         self._servers.clear()
 
-    def respond(self, method: str, target: str) -> Response:
+    def respond(self, method: str, target: str) -> Response | Awaitable[Response]:
         path = target.split("?", 1)[0]
         handler = self.routes.get(path)
         if handler is None:
@@ -109,7 +111,8 @@ class HttpEndpoint:
             else:
                 method = parts[0]
                 try:
-                    response = self.respond(method, parts[1])
+                    answer = self.respond(method, parts[1])
+                    response = await answer if inspect.isawaitable(answer) else answer
                 except Exception:  # a broken provider must not take the endpoint down
                     log.exception("%s handler failed for %s", self.name, parts[1])
                     response = Response(503, b"error\n")
