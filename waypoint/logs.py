@@ -12,3 +12,5 @@ def configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # httpx logs every request at INFO: with --kubernetes that is each watch re-opened, every few minutes
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -17,7 +19,12 @@ from waypoint.identity.certs import CertificateProvider, DevCertificateProvider,
 from waypoint.l7.routing.parse import validate_grpcroute, validate_httproute, validate_reference_grant
 from waypoint.mesh.folder import FolderSource
 from waypoint.mesh.kube import KindRegistry, default_registry
+from waypoint.mesh.model import MeshSnapshot
 from waypoint.policy.authz import validate_authorization_policy
+from waypoint.policy.meshconfig import validate_mesh_configmap
+
+if TYPE_CHECKING:
+    from waypoint.mesh.kubeapi import KubeSource
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +60,40 @@ def config_registry() -> KindRegistry:
     registry.register_kind("GRPCRoute", validate_grpcroute)
     registry.register_kind("ReferenceGrant", validate_reference_grant)
     registry.register_kind("AuthorizationPolicy", validate_authorization_policy)
+    registry.register_kind("ConfigMap", validate_mesh_configmap)  # the ``istio`` mesh config (extensionProviders)
     return registry
 
 
 def folder_source(path: str) -> FolderSource:
     return FolderSource(Path(path), registry=config_registry())
+
+
+def add_config_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mesh source words every role shares: ``--config DIR`` or ``--kubernetes [KUBECONFIG]``."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", metavar="DIR", help="folder of Kubernetes YAML, watched for changes")
+    group.add_argument("--kubernetes", nargs="?", const="", metavar="KUBECONFIG",
+                       help="list and watch the API server: in-cluster service account, or this kubeconfig")
+
+
+@contextlib.asynccontextmanager
+async def open_mesh_source(args: argparse.Namespace) -> AsyncIterator[tuple[FolderSource | KubeSource, MeshSnapshot]]:
+    """The source ``args`` ask for (``--config`` or ``--kubernetes``) and its first snapshot; both have
+    ``watch(on_change)``. The API server source is closed on exit. Raises ``KubeConfigError`` when
+    there is no usable cluster config."""
+    if getattr(args, "kubernetes", None) is None:
+        folder = folder_source(args.config)
+        yield folder, folder.reload()
+        return
+    from waypoint.mesh.kubeapi import KubeSource, from_kubeconfig, in_cluster  # httpx only when used
+
+    config = from_kubeconfig(args.kubernetes) if args.kubernetes else in_cluster()
+    kube = KubeSource(config, registry=config_registry())
+    try:
+        snapshot = await kube.reload()
+        yield kube, snapshot
+    finally:
+        await kube.aclose()
 
 
 def certificate_provider(ca_dir: str | None, cert_dir: str | None, trust_domain: str) -> CertificateProvider:

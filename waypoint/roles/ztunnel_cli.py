@@ -1,10 +1,13 @@
-"""``waypoint ztunnel``: run the L4 node proxy for the pods of a config folder.
+"""``waypoint ztunnel``: run the L4 node proxy for the pods of a config folder or of a cluster.
 
 Example (every pod of the folder, dev identities, plain ``curl`` allowed)::
 
     waypoint ztunnel --config examples/mesh --dev --ca-dir /tmp/ca
     curl --socks5-hostname 127.0.0.1:15080 http://echo.default:8080/
     curl --interface 127.0.10.5 --socks5-hostname 127.0.0.1:15080 http://echo.default:8080/
+
+In a cluster, ``--kubernetes`` (the pod's service account) or ``--kubernetes ~/.kube/config`` lists
+and watches the API server instead of reading a folder (``waypoint/mesh/kubeapi/``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from waypoint.identity.certs import CertificateProvider
 from waypoint.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
-from waypoint.mesh.model import HBONE_PORT
+from waypoint.mesh.folder import FolderSource
+from waypoint.mesh.kubeapi import KubeSource
+from waypoint.mesh.kubeapi.config import KubeConfigError
+from waypoint.mesh.model import HBONE_PORT, MeshSnapshot
 from waypoint.original_source import OriginalSourceError, choose_original_source, parse_original_source
 from waypoint.packet_mark import PacketMarkError, choose_mark, parse_mark
 from waypoint.roles.runtime import (
+    add_config_source_arguments,
     certificate_provider,
-    folder_source,
+    open_mesh_source,
     run,
     split_host_port,
     watch_certificate_files,
@@ -58,7 +66,7 @@ def _option(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("ztunnel", help="run the L4 node proxy (ztunnel role)")
-    p.add_argument("--config", required=True, metavar="DIR", help="folder of Kubernetes YAML")
+    add_config_source_arguments(p)
     p.add_argument("--node", help="serve the pods of this node (default: every pod)")
     p.add_argument("--dev", action="store_true",
                    help="clients at an address that is no pod speak as --dev-identity instead of being refused")
@@ -123,10 +131,43 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """Load the mesh, then run the role until ``stop``. The first load from an API server waits for
+    it to answer; a SIGTERM meanwhile ends the wait (there is nothing to drain yet)."""
+    loaded = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    serving = loop.create_task(_serve_loaded(args, stop, loaded))
+    stopped = loop.create_task(stop.wait())
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not serving.done() and not loaded.is_set():
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        log.info("stopped before the mesh was loaded")
+        return 0
+    return await serving
+
+
+async def _serve_loaded(args: argparse.Namespace, stop: asyncio.Event, loaded: asyncio.Event) -> int:
     settings = settings_from(args)
-    source = folder_source(args.config)
     certificates = certificate_provider(args.ca_dir, args.cert_dir, args.trust_domain)
-    role = ZtunnelRole(settings, source.reload(), certificates)
+    try:
+        async with open_mesh_source(args) as (source, snapshot):
+            loaded.set()
+            return await _run_role(args, stop, settings, certificates, source, snapshot)
+    except KubeConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+
+
+async def _run_role(
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    settings: ZtunnelSettings,
+    certificates: CertificateProvider,
+    source: FolderSource | KubeSource,
+    snapshot: MeshSnapshot,
+) -> int:
+    role = ZtunnelRole(settings, snapshot, certificates)
     try:
         await role.start()
     except (PacketMarkError, OriginalSourceError) as exc:  # --packet-mark/--original-source asked for, refused
