@@ -61,7 +61,11 @@ def render_local_reply(reply: LocalReply, grpc: bool) -> tuple[ResponseHead, byt
         ]
         return ResponseHead(200, headers), b""
     if reply.body:
-        headers += [(b"content-type", b"text/plain"), (b"content-length", str(len(reply.body)).encode())]
+        # Envoy sets text/plain, then the reply's own headers override it (modify_headers runs after;
+        # an ext-authz server's deny keeps its content type)
+        if not any(name == b"content-type" for name, _ in headers):
+            headers.append((b"content-type", b"text/plain"))
+        headers.append((b"content-length", str(len(reply.body)).encode()))
     else:
         headers.append((b"content-length", b"0"))
     return ResponseHead(reply.status, headers), reply.body

@@ -41,6 +41,7 @@ _RAW_KINDS: dict[str, bool] = {  # kind -> cluster scoped
     "ServiceEntry": False,
     "WorkloadEntry": False,
     "DestinationRule": False,
+    "ConfigMap": False,  # only the ``istio`` mesh config is read (waypoint/policy/meshconfig.py)
 }
 
 

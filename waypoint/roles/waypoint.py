@@ -37,6 +37,7 @@ from waypoint.l4.relay import Relay
 from waypoint.l7.chain import FilterChain
 from waypoint.l7.endpoints import RoundRobinPicker
 from waypoint.l7.filter import DownstreamInfo, Filter
+from waypoint.l7.filters.ext_authz import ExtAuthzFilter
 from waypoint.l7.filters.forwarded import Forwarded
 from waypoint.l7.filters.istio_stats import IstioRequestMetrics
 from waypoint.l7.filters.rbac import AuthzDownstream, RbacFilter
@@ -52,9 +53,13 @@ from waypoint.mesh.model import Waypoint
 from waypoint.mesh.state import MeshState
 from waypoint.policy.attributes import ConnectionFacts, Decision
 from waypoint.policy.authz import WaypointAuthorizer
+from waypoint.policy.extauthz import ExtAuthzClients
+from waypoint.policy.meshconfig import mesh_config_from_snapshot
 from waypoint.roles.hbone_connector import HboneConnector
 from waypoint.roles.inner import SniffingProtocol
 from waypoint.roles.waypoint_config import HTTP_PROTOCOLS, WaypointConfig
+from waypoint.telemetry.metrics import TcpMetrics
+from waypoint.telemetry.waypoint_tcp import WaypointTcpMetrics
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +136,17 @@ class WaypointRole:
         self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
         # Istio's order (buildWaypointHTTPFilters): ext_authz (CUSTOM, the given ``authorization``
         # filters), then RBAC, before everything else
-        self.rbac = RbacFilter(self._authorizer(state), state.snapshot.services)
+        self.ext_authz_clients = ExtAuthzClients()  # the mesh config's ext-authz providers
+        self.ext_authz = ExtAuthzFilter(self.ext_authz_clients, str(self.identity))
+        self.rbac = RbacFilter()
+        self._apply_policies(state)
         self.registry = registry
+        self.tcp_metrics = WaypointTcpMetrics(TcpMetrics(registry)) if registry is not None else None
         if registry is not None:
             telemetry = (*telemetry, IstioRequestMetrics(registry, cluster_domain=state.cluster_domain))
         self.chain = FilterChain(
-            chain_order((*authorization, self.rbac), self._configured_filters(state), extra_filters, telemetry),
+            chain_order((self.ext_authz, *authorization, self.rbac), self._configured_filters(state), extra_filters,
+                        telemetry),
             self.router,
         )
         self.server = HboneServer(
@@ -161,7 +171,15 @@ class WaypointRole:
         wp = state.waypoint(self.settings.namespace, self.settings.name)
         if wp is None or not state.snapshot.objects("AuthorizationPolicy"):
             return None
-        return WaypointAuthorizer.from_snapshot(state.snapshot, wp, root_namespace=self.settings.root_namespace)
+        return WaypointAuthorizer.from_snapshot(state.snapshot, wp, root_namespace=self.settings.root_namespace,
+                                                providers=self.ext_authz_clients.kinds)
+
+    def _apply_policies(self, state: MeshState) -> None:
+        """The snapshot's mesh config (ext-authz providers) and policies into the two auth filters."""
+        self.ext_authz_clients.update(mesh_config_from_snapshot(state.snapshot, self.settings.root_namespace), state)
+        authorizer = self._authorizer(state)
+        self.ext_authz.swap(authorizer, state.snapshot.services)
+        self.rbac.swap(authorizer, state.snapshot.services)
 
     def _configured_filters(self, state: MeshState) -> list[Filter]:
         import yaml
@@ -185,7 +203,7 @@ class WaypointRole:
     def update(self, state: MeshState) -> None:
         """A new snapshot: new routes, endpoints and policies apply from the next request on."""
         self._current.swap(WaypointConfig.build(state))
-        self.rbac.swap(self._authorizer(state), state.snapshot.services)
+        self._apply_policies(state)
 
     def rotate(self) -> None:
         """New certificate for new handshakes; live connections keep theirs."""
@@ -195,6 +213,7 @@ class WaypointRole:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.server.close(grace_s)
+        await self.ext_authz_clients.aclose()
         self.upstreams.close()
         await self.pool.close()
 
@@ -221,6 +240,8 @@ class WaypointRole:
             source_namespace=request.peer_identity.namespace if request.peer_identity else None,
             connection=ConnectionFacts(peer[0], request.peer_identity, target.host, target.port),
             service=service,
+            source_workload=state.workload_by_ip(peer[0]),  # telemetry's peer labels (istio_stats)
+            destination_workload=state.workload_by_ip(target.host) if service is None else None,
         )
         if protocol in HTTP_PROTOCOLS:  # HTTP/1.1 or h2c prior knowledge, as Envoy's codec AUTO
             request.accept(lambda: SniffingProtocol(self._inner_choice(info, http=True), None))
@@ -263,18 +284,24 @@ class WaypointRole:
         if workload is None:
             return None
         identity = str(state.identity_of(workload)) if state.is_ambient(workload) else None
-        return UpstreamTarget(ip, port, None, identity=identity)
+        return UpstreamTarget(ip, port, None, identity=identity, workload=workload)
 
     async def _dial(self, relay: Relay, info: DownstreamInfo) -> BaseException | None:
         """Connect the relay's upstream end; the error, or None once it is up."""
         target = self._tcp_target(info)
         if target is None:
+            if self.tcp_metrics is not None:
+                self.tcp_metrics.failed(info, None)
             return ConnectionRefusedError("no healthy upstream")
         try:
             await self.connector.connect(target, lambda: relay.upstream)
         except (OSError, TimeoutError) as exc:
             log.info("waypoint TCP upstream %s:%d failed: %s", target.address, target.port, exc)
+            if self.tcp_metrics is not None:
+                self.tcp_metrics.failed(info, target)
             return exc
+        if self.tcp_metrics is not None:  # istio_tcp_* with reporter="waypoint"
+            self.tcp_metrics.connected(relay, info, target)
         return None
 
     def _tcp_denied(self, info: DownstreamInfo) -> Decision | None:
@@ -324,6 +351,9 @@ class WaypointRole:
             "refusals": dict(self.refusals),
             "rbac": {"enforcing": self.rbac.authorizer is not None, "allowed": self.rbac.allowed,
                      "denied": self.rbac.denied},
+            "ext_authz": {"providers": dict(self.ext_authz_clients.kinds), "ok": self.ext_authz.ok,
+                          "denied": self.ext_authz.denied, "error": self.ext_authz.errors,
+                          "failure_mode_allowed": self.ext_authz.failure_mode_allowed},
             "routes": self._current.config.status_dump(),
         }
 

@@ -6,14 +6,20 @@ ALLOW; AUDIT never changes the answer. If ALLOW policies apply and none matches,
 applies, allow. Dry-run policies (``istio.io/dry-run: "true"``) are evaluated and reported in
 ``dry_run_denied_by``, never enforced.
 
-CUSTOM: no ext-authz provider is wired into this data plane, so a request matching a CUSTOM
-policy's rules (the requests that would be sent to the provider) is denied: fail closed, as Envoy's
-``ext_authz`` does when its service is unreachable (``failure_mode_allow: false``).
+CUSTOM: a policy whose provider is configured (MeshConfig ``extensionProviders``, see
+:mod:`waypoint.policy.meshconfig`) is not decided here: :func:`custom_providers` names the providers
+whose CUSTOM rules match, and the waypoint's ext_authz filter asks them before RBAC runs (Istio: a
+shadow RBAC filter marks the request, ``ext_authz`` runs only when marked; one filter pair per
+provider, in provider-name order: ``IS:pilot/pkg/security/authz/builder/builder.go`` ``buildHTTP``).
+A request matching a CUSTOM policy whose provider is not configured is denied: fail closed, as
+istiod generates deny rules for them (``getBadCustomDenyRules``, "failed to process CUSTOM action").
+On a TCP chain an HTTP provider's policies do not apply (``buildTCP``: "ignored CUSTOM action with
+HTTP provider on TCP filter chain"); ``skipped`` names those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 from typing import Protocol
 
@@ -53,15 +59,26 @@ class Entry:
 class PolicySet:
     """The policies that apply to one target (a workload, or a waypoint + service), by action."""
 
-    __slots__ = ("allow", "custom", "deny", "dry_allow", "dry_custom", "dry_deny", "empty", "names")
+    __slots__ = ("allow", "custom", "deny", "dry_allow", "dry_custom", "dry_deny", "empty", "ext_authz", "names")
 
-    def __init__(self, matchers: Iterable[Matcher]) -> None:
+    def __init__(
+        self, matchers: Iterable[Matcher], asked: Collection[str] = (), skipped: Collection[str] = ()
+    ) -> None:
+        """``asked``: providers the ext_authz filter calls; ``skipped``: providers whose CUSTOM
+        policies do not apply here. CUSTOM naming any other provider denies what it matches."""
         enforced: dict[Action, list[Entry]] = {a: [] for a in Action}
         dry: dict[Action, list[Entry]] = {a: [] for a in Action}
+        by_provider: dict[str, list[Entry]] = {}
         names: list[str] = []
         for m in matchers:
             names.append(m.policy.key)
-            (dry if m.policy.dry_run else enforced)[m.policy.action].append(Entry(m))
+            policy = m.policy
+            if policy.action is Action.CUSTOM and not policy.dry_run and policy.provider in asked:
+                by_provider.setdefault(policy.provider, []).append(Entry(m))
+            elif policy.action is not Action.CUSTOM or policy.provider not in skipped:
+                (dry if policy.dry_run else enforced)[policy.action].append(Entry(m))
+        # (provider, its CUSTOM policies) in provider-name order (builder.go sorts the providers)
+        self.ext_authz = tuple((p, tuple(by_provider[p])) for p in sorted(by_provider))
         self.custom = tuple(enforced[Action.CUSTOM])
         self.deny = tuple(enforced[Action.DENY])
         self.allow = tuple(enforced[Action.ALLOW])
@@ -74,6 +91,13 @@ class PolicySet:
 
 
 EMPTY = PolicySet(())
+
+
+def custom_providers(policies: PolicySet, conn: ConnectionFacts, req: RequestFacts | None) -> tuple[str, ...]:
+    """The configured providers to ask, in order: those with a CUSTOM policy whose rules match."""
+    return tuple(
+        provider for provider, entries in policies.ext_authz if any(e.matcher.matches(conn, req) for e in entries)
+    )
 
 
 def evaluate(policies: PolicySet, conn: ConnectionFacts, req: RequestFacts | None) -> Decision:

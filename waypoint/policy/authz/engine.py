@@ -15,12 +15,12 @@ a dry-run report is a Decision built at compile time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from waypoint.errors import ManifestError
 from waypoint.mesh.model import MeshSnapshot, Service, Waypoint, Workload
 from waypoint.policy.attributes import ConnectionFacts, Decision, RequestFacts
-from waypoint.policy.authz.decide import EMPTY, Matcher, PolicySet, evaluate
+from waypoint.policy.authz.decide import EMPTY, Matcher, PolicySet, custom_providers, evaluate
 from waypoint.policy.authz.envoy_rules import EnvoyPolicy, compile_envoy
 from waypoint.policy.authz.model import AuthorizationPolicy
 from waypoint.policy.authz.parse import parse_authorization_policy
@@ -115,10 +115,16 @@ class SidecarAuthorizer:
 class _ServiceSets:
     """One waypoint's policy sets in one form (HTTP or TCP): gateway-level, plus per service."""
 
-    def __init__(self, gateway: list[Matcher], by_service: Mapping[tuple[str, str], list[Matcher]]) -> None:
-        self.gateway_only = PolicySet(gateway) if gateway else EMPTY
+    def __init__(
+        self,
+        gateway: list[Matcher],
+        by_service: Mapping[tuple[str, str], list[Matcher]],
+        asked: Collection[str] = (),
+        skipped: Collection[str] = (),
+    ) -> None:
+        self.gateway_only = PolicySet(gateway, asked, skipped) if gateway else EMPTY
         self._merged: dict[tuple[str, str], PolicySet] = {
-            key: PolicySet(gateway + extra) for key, extra in by_service.items()
+            key: PolicySet(gateway + extra, asked, skipped) for key, extra in by_service.items()
         }
 
     def lookup(self, service: Service | None) -> PolicySet:
@@ -129,9 +135,21 @@ class _ServiceSets:
 
 class WaypointAuthorizer:
     """One waypoint's RBAC: the policies attached to it (Gateway / GatewayClass) and to the
-    destination Service of each request (facts §3.1-3.2; ``listener_waypoint.go`` RBAC filter)."""
+    destination Service of each request (facts §3.1-3.2; ``listener_waypoint.go`` RBAC filter).
 
-    def __init__(self, policies: Iterable[AuthorizationPolicy], waypoint: Waypoint, *, root_namespace: str) -> None:
+    ``providers``: the MeshConfig's ext-authz providers, name -> kind (``"http"``/``"grpc"``).
+    CUSTOM policies naming one of them are left to the ext_authz filter (:meth:`custom_check`);
+    on opaque TCP an HTTP provider's CUSTOM policies do not apply (Istio's ``buildTCP``), and a
+    gRPC provider's still deny (the network ext_authz is not built here yet)."""
+
+    def __init__(
+        self,
+        policies: Iterable[AuthorizationPolicy],
+        waypoint: Waypoint,
+        *,
+        root_namespace: str,
+        providers: Mapping[str, str] | None = None,
+    ) -> None:
         gateway: list[AuthorizationPolicy] = []
         by_service: dict[tuple[str, str], list[AuthorizationPolicy]] = {}
         for p in policies:
@@ -140,14 +158,18 @@ class WaypointAuthorizer:
             for name in sorted({ref.name for ref in p.target_refs}):
                 if attaches_to_service(p, p.namespace, name):
                     by_service.setdefault((p.namespace, name), []).append(p)
-        self._http = self._sets(gateway, by_service, lambda p: compile_envoy(p, for_tcp=False))
-        self._tcp = self._sets(gateway, by_service, lambda p: compile_envoy(p, for_tcp=True))
+        providers = providers or {}
+        http_kind = [name for name, kind in providers.items() if kind == "http"]
+        self._http = self._sets(gateway, by_service, lambda p: compile_envoy(p, for_tcp=False), asked=providers)
+        self._tcp = self._sets(gateway, by_service, lambda p: compile_envoy(p, for_tcp=True), skipped=http_kind)
 
     @staticmethod
     def _sets(
         gateway: list[AuthorizationPolicy],
         by_service: Mapping[tuple[str, str], list[AuthorizationPolicy]],
         compile_one: Callable[[AuthorizationPolicy], EnvoyPolicy],
+        asked: Collection[str] = (),
+        skipped: Collection[str] = (),
     ) -> _ServiceSets:
         compiled: dict[str, EnvoyPolicy] = {}
 
@@ -156,13 +178,32 @@ class WaypointAuthorizer:
                 compiled[p.key] = compile_one(p)
             return compiled[p.key]
 
-        return _ServiceSets([get(p) for p in gateway], {k: [get(p) for p in v] for k, v in by_service.items()})
+        by_key = {k: [get(p) for p in v] for k, v in by_service.items()}
+        return _ServiceSets([get(p) for p in gateway], by_key, asked, skipped)
 
     @classmethod
     def from_snapshot(
-        cls, snapshot: MeshSnapshot, waypoint: Waypoint, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE
+        cls,
+        snapshot: MeshSnapshot,
+        waypoint: Waypoint,
+        *,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        providers: Mapping[str, str] | None = None,
     ) -> WaypointAuthorizer:
-        return cls(load_policies(snapshot, root_namespace), waypoint, root_namespace=root_namespace)
+        return cls(load_policies(snapshot, root_namespace), waypoint, root_namespace=root_namespace,
+                   providers=providers)
+
+    def custom_check(self, service: Service | None, facts: RequestFacts) -> tuple[str, ...]:
+        """The ext-authz providers to ask about this request, in order (empty: none; most requests).
+        Their allow still goes through :meth:`check_request` (CUSTOM first, then DENY, then ALLOW)."""
+        policies = self._http.lookup(service)
+        if not policies.ext_authz:
+            return ()
+        return custom_providers(policies, facts.connection, facts)
+
+    def has_custom(self, service: Service | None) -> bool:
+        """Whether any configured provider's CUSTOM policy applies to requests to ``service``."""
+        return bool(self._http.lookup(service).ext_authz)
 
     def check_request(self, service: Service | None, facts: RequestFacts) -> Decision:
         """An HTTP or gRPC request to ``service`` (``None``: addressed to a workload, not a service)."""
