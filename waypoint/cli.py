@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "ztunnel": "waypoint.roles.ztunnel_cli",
     "waypoint": "waypoint.roles.waypoint_cli",
     "dev": "waypoint.roles.dev_cli",
+    "controller": "waypoint.controller.cli",
 }
 
 

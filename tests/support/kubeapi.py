@@ -9,6 +9,16 @@ event with a 410 ``Status`` ("too old resource version") and ends; a watch with 
 "" or "0" starts with a synthetic ADDED for every object. Tests drive it in-process: ``put`` and
 ``delete`` objects, ``compact`` the history, ``close_watches`` (clean end) or ``break_watches``
 (connections dropped), ``missing`` resource paths (404, as a CRD not installed).
+
+Writes, for ``waypoint controller``: server-side apply (``PATCH`` with ``application/apply-patch+yaml``
+and a required ``fieldManager``; Kubernetes docs, "Server-Side Apply") of an object or of its
+``status`` subresource, and ``DELETE``. Apply is simplified: the patch is merged into what is stored
+(maps merged, lists replaced; a patch to the object leaves ``status`` alone, a patch to ``/status``
+changes only ``status``), ``metadata.generation`` moves when ``spec`` changes, and an apply that
+changes nothing writes nothing (no new resourceVersion, no event), as the real server. Field
+ownership and conflicts are not modelled. Tests see every write in ``writes``, make the cluster's
+controllers act with ``assign_cluster_ip`` (the Service IP allocator) and ``collect_garbage`` (the
+garbage collector: objects whose every Gateway/other owner is gone are deleted).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -105,6 +116,18 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
             "message": message, "reason": reason, "code": code}
 
 
+@dataclass(frozen=True)
+class Write:
+    """One write request as the server saw it."""
+
+    method: str  # PATCH | DELETE
+    path: str
+    content_type: str
+    field_manager: str
+    force: bool
+    status: int  # the answer's HTTP status
+
+
 @dataclass
 class _Watch:
     path: str
@@ -126,6 +149,7 @@ class FakeApiServer:
         self.lists: dict[str, int] = {}  # successful LIST requests per path
         self.watch_requests: list[tuple[str, str]] = []  # (path, resourceVersion asked)
         self.replayed = 0  # events sent from history to a watch that resumed
+        self.writes: list[Write] = []  # every PATCH/DELETE, in order
         self._watches: list[_Watch] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -204,6 +228,26 @@ class FakeApiServer:
     def open_watches(self, path: str | None = None) -> int:
         return sum(1 for w in self._watches if path is None or w.path == path)
 
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get(collection(api_version, kind), {}).get((namespace, name))
+
+    def assign_cluster_ip(self, namespace: str, name: str, *ips: str) -> dict[str, Any]:
+        """What the Service IP allocator does: give a Service its cluster IP(s) (MODIFIED to watchers)."""
+        service = copy.deepcopy(self.objects[collection("v1", "Service")][(namespace, name)])
+        service.setdefault("spec", {}).update({"clusterIP": ips[0], "clusterIPs": list(ips)})
+        return self.put(service)
+
+    def collect_garbage(self) -> list[tuple[str, str, str]]:
+        """What the garbage collector does: delete every object that has owners, none of which exists
+        any more (matched by uid). Returns (kind, namespace, name) of each deleted object."""
+        alive = {o["metadata"].get("uid") for objs in self.objects.values() for o in objs.values()}
+        doomed = [o for objs in self.objects.values() for o in objs.values()
+                  if o["metadata"].get("ownerReferences")
+                  and not any(r.get("uid") in alive for r in o["metadata"]["ownerReferences"])]
+        for o in doomed:
+            self.delete(o["apiVersion"], o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        return [(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in doomed]
+
     def kubeconfig(self, path: Path, *, client_cert: bool = False, token: str | None = None) -> Path:
         """Write a kubeconfig for this server (CA inline; token or client certificate)."""
         user: dict[str, Any] = {"token": token or self.token}
@@ -236,7 +280,8 @@ class FakeApiServer:
                 except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
                     return
                 method, target, headers = _parse_head(head)
-                if not await self._request(method, target, headers, writer):
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                if not await self._request(method, target, headers, writer, body):
                     return
         except (ConnectionError, ssl.SSLError):
             return
@@ -245,14 +290,21 @@ class FakeApiServer:
             if not writer.transport.is_closing():
                 writer.close()
 
-    async def _request(self, method: str, target: str, headers: dict[str, str], writer: asyncio.StreamWriter) -> bool:
+    async def _request(
+        self, method: str, target: str, headers: dict[str, str], writer: asyncio.StreamWriter, body: bytes = b""
+    ) -> bool:
         """Answer one request; False when the connection is to be dropped."""
         url = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         if not self._authenticated(headers, writer):
             return await _send_json(writer, 401, status(401, "Unauthorized", "Unauthorized"))
+        if method in ("PATCH", "DELETE"):
+            code, answer = self._write(method, url.path, query, headers.get("content-type", ""), body)
+            self.writes.append(Write(method, url.path, headers.get("content-type", ""),
+                                     query.get("fieldManager", ""), query.get("force") == "true", code))
+            return await _send_json(writer, code, answer)
         if method != "GET":
-            return await _send_json(writer, 405, status(405, "MethodNotAllowed", "read-only test server"))
+            return await _send_json(writer, 405, status(405, "MethodNotAllowed", f"{method} is not served here"))
         if url.path in self.missing or not url.path.startswith(("/api/", "/apis/")):
             missing = status(404, "NotFound", "the server could not find the requested resource")
             return await _send_json(writer, 404, missing)
@@ -264,6 +316,62 @@ class FakeApiServer:
         if headers.get("authorization") == f"Bearer {self.token}":
             return True
         return bool(writer.get_extra_info("peercert"))  # verified against our CA by the handshake
+
+    def _write(
+        self, method: str, path: str, query: dict[str, str], content_type: str, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """A PATCH (server-side apply) or DELETE of one object: (HTTP status, answer body)."""
+        target = _object_target(path)
+        if target is None or target[0] in self.missing:
+            return 404, status(404, "NotFound", "the server could not find the requested resource")
+        coll, namespace, name, sub = target
+        stored = self.objects.get(coll, {}).get((namespace, name))
+        if method == "DELETE":
+            if stored is None:
+                return 404, status(404, "NotFound", f"{name!r} not found")
+            self.delete(stored["apiVersion"], stored["kind"], namespace, name)
+            return 200, stored
+        if content_type.split(";")[0].strip() != "application/apply-patch+yaml":
+            return 415, status(415, "UnsupportedMediaType", f"the media type {content_type!r} is not supported")
+        if not query.get("fieldManager"):
+            return 422, status(422, "Invalid", "fieldManager: Required value: is required for apply patch")
+        try:
+            patch = yaml.safe_load(body)
+        except yaml.YAMLError as e:
+            return 400, status(400, "BadRequest", f"invalid apply patch: {e}")
+        if not isinstance(patch, dict) or patch.get("metadata", {}).get("name") != name:
+            return 400, status(400, "BadRequest", "the apply patch must be an object naming the one in the URL")
+        if sub == "status":
+            if stored is None:
+                return 404, status(404, "NotFound", f"{name!r} not found")
+            return 200, self._apply_status(stored, patch.get("status") or {}, query["fieldManager"])
+        if sub:
+            return 404, status(404, "NotFound", f"no subresource {sub!r}")
+        return (201 if stored is None else 200), self._apply(stored, patch, namespace, query["fieldManager"])
+
+    def _apply(
+        self, stored: dict[str, Any] | None, patch: dict[str, Any], namespace: str, manager: str
+    ) -> dict[str, Any]:
+        patch = {k: v for k, v in patch.items() if k != "status"}
+        if namespace:
+            patch["metadata"]["namespace"] = namespace
+        if stored is None:
+            new = copy.deepcopy(patch)
+            new["metadata"].update(generation=1, creationTimestamp="2026-01-01T00:00:00Z",
+                                   uid=f"uid-{patch['kind'].lower()}-{namespace}-{patch['metadata']['name']}",
+                                   managedFields=[{"manager": manager, "operation": "Apply"}])
+            return self.put(new)
+        new = _merged(stored, patch)
+        if new == stored:
+            return stored  # a no-op apply writes nothing
+        if new.get("spec") != stored.get("spec"):
+            new["metadata"]["generation"] = int(stored["metadata"].get("generation") or 0) + 1
+        return self.put(new)
+
+    def _apply_status(self, stored: dict[str, Any], status_patch: dict[str, Any], manager: str) -> dict[str, Any]:
+        new = copy.deepcopy(stored)
+        new["status"] = _merged(stored.get("status") or {}, status_patch)
+        return stored if new == stored else self.put(new)
 
     def _list(self, path: str, query: dict[str, str]) -> dict[str, Any]:
         self.lists[path] = self.lists.get(path, 0) + 1
@@ -327,6 +435,35 @@ def _selected(obj: Mapping[str, Any], query: Mapping[str, str]) -> bool:
     return True
 
 
+def _object_target(path: str) -> tuple[str, str, str, str] | None:
+    """``/api/v1/namespaces/NS/services/NAME[/status]`` or ``/apis/G/V/PLURAL/NAME`` ->
+    (collection path, namespace, name, subresource); None for anything else."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "api" and len(parts) > 2:
+        base, rest = parts[:2], parts[2:]
+    elif parts[0] == "apis" and len(parts) > 3:
+        base, rest = parts[:3], parts[3:]
+    else:
+        return None
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 4:
+        namespace, rest = rest[1], rest[2:]
+    if len(rest) not in (2, 3):
+        return None
+    return "/" + "/".join([*base, rest[0]]), namespace, rest[1], rest[2] if len(rest) == 3 else ""
+
+
+def _merged(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Maps merged key by key, anything else (lists too) replaced: the apply simplification."""
+    out = copy.deepcopy(dict(base))
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -344,7 +481,9 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 
 async def _send_json(writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> bool:
     data = json.dumps(body).encode()
-    reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 410: "Gone"}.get(code, "X")
+    reason = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              405: "Method Not Allowed", 410: "Gone", 415: "Unsupported Media Type",
+              422: "Unprocessable Entity"}.get(code, "X")
     writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                  % (code, reason.encode(), len(data), data))
     await writer.drain()

@@ -5,13 +5,16 @@ an error answer becomes :class:`ApiError` (status, reason, message from the ``St
 any transport failure stays an ``httpx.TransportError``. A watch is one long GET with
 ``watch=1`` answered by newline-delimited JSON events (API concepts, "Efficient detection of
 changes"); a page of a list is at most ``limit`` items, followed with ``continue``
-(API concepts, "Retrieving large results sets in chunks"), as client-go's pager does.
+(API concepts, "Retrieving large results sets in chunks"), as client-go's pager does. Writes are
+server-side apply (``PATCH`` with ``application/apply-patch+yaml``, a ``fieldManager``, ``force``;
+Kubernetes docs, "Server-Side Apply") and ``DELETE``, for ``waypoint controller``.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx
@@ -96,25 +99,61 @@ class KubeClient:
                 if line.strip():
                     yield decode_event(line)
 
+    async def apply(
+        self,
+        resource: Resource,
+        obj: Mapping[str, Any],
+        *,
+        field_manager: str,
+        force: bool = True,
+        subresource: str = "",
+    ) -> dict[str, Any]:
+        """Server-side apply ``obj`` (its own metadata names it) as ``field_manager``; the object as
+        stored. ``subresource="status"`` applies to the status only. JSON is YAML, so it goes as JSON."""
+        md = obj.get("metadata") or {}
+        path = object_path(resource, str(md.get("namespace") or ""), str(md["name"]), subresource)
+        params = {"fieldManager": field_manager, **({"force": "true"} if force else {})}
+        headers = {**self._auth(), "Content-Type": "application/apply-patch+yaml"}
+        response = await self._http.patch(path, params=params, headers=headers, content=json.dumps(obj).encode())
+        return _json_or_error(response, ok=(200, 201))
+
+    async def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+        """Delete one object; False when it was already gone (404)."""
+        response = await self._http.delete(object_path(resource, namespace, name), headers=self._auth())
+        if response.status_code == 404:
+            return False
+        _json_or_error(response, ok=(200, 202))
+        return True
+
     def _auth(self) -> dict[str, str]:
         token = self._tokens.token()
         return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def object_path(resource: Resource, namespace: str, name: str, subresource: str = "") -> str:
+    """``/api/v1/namespaces/NS/services/NAME[/status]``; cluster-scoped kinds have no namespace part
+    (Kubernetes API concepts, "Resource URIs")."""
+    base = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
+    where = f"/namespaces/{namespace}" if namespace and not resource.cluster_scoped else ""
+    tail = f"/{subresource}" if subresource else ""
+    return f"{base}{where}/{resource.plural}/{name}{tail}"
 
 
 def _selector(resource: Resource) -> dict[str, str]:
     return {"fieldSelector": resource.field_selector} if resource.field_selector else {}
 
 
-def _json_or_error(response: httpx.Response) -> dict[str, Any]:
-    """The JSON body of a 200, or ``ApiError`` carrying the ``Status`` the server answered."""
+def _json_or_error(response: httpx.Response, ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
+    """The JSON body of a success (200, or the codes in ``ok``), or ``ApiError`` carrying the
+    ``Status`` the server answered."""
     try:
         body = response.json()
     except ValueError:
         body = None
-    if response.status_code == 200 and isinstance(body, dict):
+    if response.status_code in ok and isinstance(body, dict):
         return body
-    if response.status_code == 200:
-        raise ApiError(200, "BadResponse", f"not a JSON object: {response.text[:200]!r}")
+    if response.status_code in ok:
+        raise ApiError(response.status_code, "BadResponse", f"not a JSON object: {response.text[:200]!r}")
     status: dict[str, Any] = body if isinstance(body, dict) else {}
     reason = status.get("reason")
     message = status.get("message")
