@@ -19,6 +19,7 @@ from waypoint.devmesh.addresses import assign_waypoint_addresses
 from waypoint.identity.ca import DevCA
 from waypoint.identity.certs import DevCertificateProvider
 from waypoint.l7.filter import Filter
+from waypoint.l7.filters.access_log import LogSinks
 from waypoint.l7.filters.istio_stats import IstioRequestMetrics
 from waypoint.mesh.folder import FolderSource
 from waypoint.mesh.model import MeshSnapshot
@@ -53,6 +54,9 @@ class DevSettings:
     # Serve only this node's pods (None: every pod). Pods of other nodes are reached at their own
     # <pod IP>:15008, where something else (another ztunnel, an Envoy) terminates HBONE.
     node: str | None = None
+    # Waypoints' access log when neither the folder's mesh config (accessLogFile) nor a Telemetry
+    # object says otherwise: on, to stdout, so a developer sees each request and why it was denied.
+    access_log: str | None = "/dev/stdout"
 
 
 @dataclass
@@ -73,6 +77,7 @@ class DevMesh:
         # waypoint's istio_requests_total (reporter="waypoint"), one counter shared by all of them
         self.registry = CollectorRegistry()
         self.request_metrics = IstioRequestMetrics(self.registry)
+        self.log_sinks = LogSinks()  # one writer per access-log file for every waypoint
 
     def _dev_ca(self) -> DevCA:
         ca_dir = self.settings.ca_dir
@@ -123,8 +128,10 @@ class DevMesh:
             role = WaypointRole(
                 WaypointSettings(wp.namespace, wp.name, address, trust_domain=self.settings.trust_domain,
                                  keepalive_s=self.settings.keepalive_s, ping_timeout_s=self.settings.ping_timeout_s,
-                                 root_namespace=self.settings.root_namespace),
+                                 root_namespace=self.settings.root_namespace,
+                                 default_access_log=self.settings.access_log),
                 state, self.certificates, extra_filters=self.waypoint_filters, telemetry=(self.request_metrics,),
+                log_sinks=self.log_sinks,
             )
             await role.start()
             self.waypoints[key] = role
@@ -137,6 +144,7 @@ class DevMesh:
         for role in self.waypoints.values():
             await role.stop(grace_s)
         self.waypoints.clear()
+        self.log_sinks.close()
 
     def summary(self) -> dict[str, int]:
         snap = self.source.snapshot

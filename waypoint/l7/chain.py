@@ -280,6 +280,7 @@ class Stream:
         """Answer through the response filters of the filters before ``index`` (those that saw the request)."""
         if self.done:
             return
+        self.ctx.response_code_details = reply.details  # for the access log (Envoy's response code details)
         if self._sent_headers:
             self.reset()  # too late to change the status: Envoy resets the stream
             return

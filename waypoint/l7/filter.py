@@ -115,6 +115,7 @@ class RequestContext:
         "request_id",
         "response",
         "response_bytes",
+        "response_code_details",
         "response_flags",
         "route",
         "started_at",
@@ -132,6 +133,9 @@ class RequestContext:
         # Envoy's response flags for this request (``UH``, ``UF``, ``UT``, ``URX``, ``DC``; "-" none),
         # set where the router decides them: read by telemetry, as Envoy's ``%RESPONSE_FLAGS%``.
         self.response_flags = "-"
+        # Envoy's %RESPONSE_CODE_DETAILS% of a local reply (``LocalReply.details``, set by the chain);
+        # "" for a response from upstream (the access log prints ``via_upstream`` then)
+        self.response_code_details = ""
         self.request_bytes = 0  # body bytes each way, counted only when a telemetry filter asks
         self.response_bytes = 0
         self.started_at = started_at

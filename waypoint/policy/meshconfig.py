@@ -17,6 +17,14 @@ Validation and defaults follow istiod (``IS:pilot/pkg/security/authz/builder/ext
 ``*x``/``x*`` as suffix/prefix matches (case-insensitive), timeout default 600 s. Other provider kinds
 (tracing, access logs, ...) are accepted and ignored, as istiod's ext-authz builder skips them.
 
+Access logs (``IS:pilot/pkg/model/telemetry_logging.go``): ``accessLogFile`` (unset or ``""``: off;
+``/dev/stdout``), ``accessLogEncoding`` (``TEXT``/``JSON``), ``accessLogFormat`` (a TEXT format, or for
+JSON an object of ``key: format``), ``defaultProviders.accessLogging``, and ``envoyFileAccessLog``
+providers (``path``, ``logFormat.text``/``logFormat.labels``) that a Telemetry object names. The
+built-in provider ``envoy`` (``/dev/stdout``, formatted by the three mesh fields) exists unless the
+config defines its own. A TEXT format with an operator we cannot fill is rejected at load, naming the
+field (:mod:`waypoint.telemetry.access_log_format`).
+
 Sans-I/O: values in, values out. Resolving ``service`` to an address is the caller's (it needs MeshState).
 """
 
@@ -34,11 +42,15 @@ import yaml
 from waypoint.errors import ManifestError
 from waypoint.mesh import fields as f
 from waypoint.mesh.model import MeshSnapshot
+from waypoint.telemetry.access_log_format import FormatError, JsonFormat, TextFormat, json_fields
 
 log = logging.getLogger(__name__)
 
 MESH_CONFIGMAP = "istio"  # IS: pkg/config/mesh/kubemesh (``istio`` ConfigMap, key ``mesh``)
 MESH_KEY = "mesh"
+DEV_STDOUT = "/dev/stdout"
+BUILTIN_ENVOY = "envoy"  # the built-in access-log provider (telemetry_logging.go builtinEnvoyAccessLogProvider)
+ENCODINGS = ("TEXT", "JSON")
 DEFAULT_TIMEOUT_S = 600.0  # extauthz.go timeoutOrDefault
 DEFAULT_STATUS_ON_ERROR = 403  # Envoy ext_authz.proto ``status_on_error``: "Forbidden" when unset
 
@@ -126,11 +138,36 @@ class ExtAuthzProvider:
 
 
 @dataclass(frozen=True, slots=True)
+class FileAccessLogProvider:
+    """An ``envoyFileAccessLog`` extension provider. ``text``/``labels``: its ``logFormat`` (None: the
+    mesh's format for the built-in ``envoy``, Istio's TEXT default for any other)."""
+
+    name: str
+    path: str = DEV_STDOUT
+    text: str | None = None
+    labels: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MeshConfig:
     extension_providers: Mapping[str, ExtAuthzProvider] = field(default_factory=lambda: MappingProxyType({}))
+    access_log_file: str | None = None  # None: not set (Istio's default, off); "": set to off
+    access_log_encoding: str = "TEXT"
+    access_log_format: str = ""
+    default_access_log_providers: tuple[str, ...] = ()  # defaultProviders.accessLogging
+    access_log_providers: Mapping[str, FileAccessLogProvider] = field(default_factory=lambda: MappingProxyType({}))
+
+    def access_log_provider(self, name: str) -> FileAccessLogProvider | None:
+        """The provider a Telemetry object names (case-insensitive, as istiod's ``fetchProvider``),
+        the built-in ``envoy`` included."""
+        for key, provider in self.access_log_providers.items():
+            if key.lower() == name.lower():
+                return provider
+        return BUILTIN_ENVOY_PROVIDER if name.lower() == BUILTIN_ENVOY else None
 
 
 EMPTY_MESH_CONFIG = MeshConfig()
+BUILTIN_ENVOY_PROVIDER = FileAccessLogProvider(BUILTIN_ENVOY)
 
 
 def parse_mesh_config(text: Any, path: str = "data.mesh") -> MeshConfig:
@@ -144,15 +181,80 @@ def parse_mesh_config(text: Any, path: str = "data.mesh") -> MeshConfig:
         loaded = text
     doc = f.mapping(loaded, path)
     providers: dict[str, ExtAuthzProvider] = {}
+    loggers: dict[str, FileAccessLogProvider] = {}
     for i, entry in enumerate(f.sequence(doc.get("extensionProviders"), f"{path}.extensionProviders")):
         at = f"{path}.extensionProviders[{i}]"
-        provider = _provider(f.mapping(entry, at, required=True), at)
+        spec = f.mapping(entry, at, required=True)
+        provider: ExtAuthzProvider | FileAccessLogProvider | None = _provider(spec, at)
+        if provider is None and "envoyFileAccessLog" in spec:
+            provider = _file_access_log(spec, f"{at}.envoyFileAccessLog")
         if provider is None:
             continue
-        if provider.name in providers:
+        if provider.name in providers or provider.name in loggers:
             raise ManifestError(f"{at}.name", f"extension provider name must be unique, found: {provider.name}")
-        providers[provider.name] = provider
-    return MeshConfig(MappingProxyType(providers))
+        if isinstance(provider, FileAccessLogProvider):
+            loggers[provider.name] = provider
+        else:
+            providers[provider.name] = provider
+    return MeshConfig(MappingProxyType(providers), **_access_log_fields(doc, path),
+                      access_log_providers=MappingProxyType(loggers))
+
+
+def _access_log_fields(doc: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """``accessLogFile``/``accessLogEncoding``/``accessLogFormat`` and ``defaultProviders.accessLogging``."""
+    log_file = doc.get("accessLogFile")
+    if log_file is not None:
+        log_file = f.string(log_file, f"{path}.accessLogFile")
+    encoding = doc.get("accessLogEncoding", "TEXT")
+    if encoding not in ENCODINGS:
+        raise ManifestError(f"{path}.accessLogEncoding", f"must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+    fmt = f.string(doc.get("accessLogFormat"), f"{path}.accessLogFormat")
+    _check_format(fmt, encoding == "JSON", f"{path}.accessLogFormat")
+    defaults = f.mapping(doc.get("defaultProviders"), f"{path}.defaultProviders")
+    names = tuple(f.string(n, f"{path}.defaultProviders.accessLogging[{i}]", required=True)
+                  for i, n in enumerate(f.sequence(defaults.get("accessLogging"),
+                                                   f"{path}.defaultProviders.accessLogging")))
+    return {"access_log_file": log_file, "access_log_encoding": encoding, "access_log_format": fmt,
+            "default_access_log_providers": names}
+
+
+def _check_format(fmt: str, as_json: bool, at: str) -> None:
+    """Compile a format once at load, so an operator we cannot fill is reported with its field. A JSON
+    format that is not an object is left for the resolver (Istio logs it and uses its default keys)."""
+    if not fmt:
+        return
+    try:
+        if not as_json:
+            TextFormat(fmt)
+        elif (fields := json_fields(fmt)) is not None:
+            JsonFormat(fields)
+    except FormatError as e:
+        raise ManifestError(at, str(e)) from None
+
+
+def _file_access_log(entry: Mapping[str, Any], at: str) -> FileAccessLogProvider:
+    name = f.string(entry.get("name"), f"{at[:at.rfind('.')]}.name", required=True)
+    spec = f.mapping(entry["envoyFileAccessLog"], at, required=True)
+    for key in spec:
+        if key not in ("path", "logFormat", "omitEmptyValues"):
+            raise ManifestError(f"{at}.{key}", "unknown field")
+    if spec.get("omitEmptyValues"):
+        raise ManifestError(f"{at}.omitEmptyValues", "not supported: empty values are written as Envoy's \"-\"")
+    path = f.string(spec.get("path"), f"{at}.path") or DEV_STDOUT  # fileAccessLogFromTelemetry: "" is stdout
+    log_format = f.mapping(spec.get("logFormat"), f"{at}.logFormat")
+    text = log_format.get("text")
+    labels = log_format.get("labels")
+    if text is not None and labels is not None:
+        raise ManifestError(f"{at}.logFormat", "only one of text or labels")
+    if text is not None:
+        _check_format(f.string(text, f"{at}.logFormat.text"), False, f"{at}.logFormat.text")
+    if labels is not None:
+        labels = dict(f.mapping(labels, f"{at}.logFormat.labels"))
+        try:
+            JsonFormat(labels)
+        except FormatError as e:
+            raise ManifestError(f"{at}.logFormat.labels", str(e)) from None
+    return FileAccessLogProvider(name, path, text, MappingProxyType(labels) if labels is not None else None)
 
 
 def validate_mesh_configmap(doc: Mapping[str, Any]) -> None:

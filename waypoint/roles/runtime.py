@@ -22,6 +22,7 @@ from waypoint.mesh.kube import KindRegistry, default_registry
 from waypoint.mesh.model import MeshSnapshot
 from waypoint.policy.authz import validate_authorization_policy
 from waypoint.policy.meshconfig import validate_mesh_configmap
+from waypoint.policy.telemetry import validate_telemetry
 
 if TYPE_CHECKING:
     from waypoint.mesh.kubeapi import KubeSource
@@ -61,6 +62,7 @@ def config_registry() -> KindRegistry:
     registry.register_kind("ReferenceGrant", validate_reference_grant)
     registry.register_kind("AuthorizationPolicy", validate_authorization_policy)
     registry.register_kind("ConfigMap", validate_mesh_configmap)  # the ``istio`` mesh config (extensionProviders)
+    registry.register_kind("Telemetry", validate_telemetry)  # accessLogging (waypoint/policy/telemetry.py)
     return registry
 
 

@@ -37,6 +37,7 @@ from waypoint.l4.relay import Relay
 from waypoint.l7.chain import FilterChain
 from waypoint.l7.endpoints import RoundRobinPicker
 from waypoint.l7.filter import DownstreamInfo, Filter
+from waypoint.l7.filters.access_log import AccessLog, CountingAccessLog, LogSinks
 from waypoint.l7.filters.ext_authz import ExtAuthzFilter
 from waypoint.l7.filters.forwarded import Forwarded
 from waypoint.l7.filters.istio_stats import IstioRequestMetrics
@@ -46,6 +47,7 @@ from waypoint.l7.h1_server import Http1ServerProtocol
 from waypoint.l7.h2_pool import ProtocolPool
 from waypoint.l7.h2_server import Http2ServerProtocol
 from waypoint.l7.loader import load_filters
+from waypoint.l7.response_flags import NO_HEALTHY_UPSTREAM, UPSTREAM_CONNECTION_FAILURE
 from waypoint.l7.router import Router
 from waypoint.l7.routing.decision import RequestView, RouteDecision, ServiceRef
 from waypoint.l7.upstream import UpstreamTarget
@@ -55,6 +57,7 @@ from waypoint.policy.attributes import ConnectionFacts, Decision
 from waypoint.policy.authz import WaypointAuthorizer
 from waypoint.policy.extauthz import ExtAuthzClients
 from waypoint.policy.meshconfig import mesh_config_from_snapshot
+from waypoint.policy.telemetry import access_logs_for
 from waypoint.roles.hbone_connector import HboneConnector
 from waypoint.roles.inner import SniffingProtocol
 from waypoint.roles.waypoint_config import HTTP_PROTOCOLS, WaypointConfig
@@ -79,6 +82,7 @@ class WaypointSettings:
     keepalive_s: float = 10.0
     ping_timeout_s: float = 20.0
     root_namespace: str = "istio-system"  # AuthorizationPolicy's mesh-wide namespace (facts §3.2)
+    default_access_log: str | None = None  # access log path when neither mesh config nor Telemetry says
 
 
 class _CurrentConfig:
@@ -114,8 +118,10 @@ class WaypointRole:
         telemetry: Sequence[Filter] = (),
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
+        log_sinks: LogSinks | None = None,
     ) -> None:
-        """``registry``: count ``istio_requests_total`` there (none: no per-request metrics)."""
+        """``registry``: count ``istio_requests_total`` there (none: no per-request metrics).
+        ``log_sinks``: the process's access-log files (shared by waypoints in one process)."""
         self.settings = settings
         self.identity = identity or self._identity_from(state, settings)
         self._certs = certificates
@@ -139,16 +145,17 @@ class WaypointRole:
         self.ext_authz_clients = ExtAuthzClients()  # the mesh config's ext-authz providers
         self.ext_authz = ExtAuthzFilter(self.ext_authz_clients, str(self.identity))
         self.rbac = RbacFilter()
+        # body bytes for the access log are counted by the stats filter when there is one
+        counted = registry is not None or any(isinstance(t, IstioRequestMetrics) for t in telemetry)
+        self.access_log = (AccessLog if counted else CountingAccessLog)(log_sinks or LogSinks(), state.cluster_domain)
         self._apply_policies(state)
         self.registry = registry
         self.tcp_metrics = WaypointTcpMetrics(TcpMetrics(registry)) if registry is not None else None
         if registry is not None:
             telemetry = (*telemetry, IstioRequestMetrics(registry, cluster_domain=state.cluster_domain))
-        self.chain = FilterChain(
-            chain_order((self.ext_authz, *authorization, self.rbac), self._configured_filters(state), extra_filters,
-                        telemetry),
-            self.router,
-        )
+        self._filters = chain_order((self.ext_authz, *authorization, self.rbac), self._configured_filters(state),
+                                    extra_filters, telemetry)
+        self.chain = self._build_chain()
         self.server = HboneServer(
             lambda _ip: self._server_ctx,
             lambda ssl_object: tls.verify_client(ssl_object, settings.trust_domain),
@@ -174,9 +181,18 @@ class WaypointRole:
         return WaypointAuthorizer.from_snapshot(state.snapshot, wp, root_namespace=self.settings.root_namespace,
                                                 providers=self.ext_authz_clients.kinds)
 
+    def _build_chain(self) -> FilterChain:
+        """The filters, with the access log last when one is configured (no cost otherwise)."""
+        filters = [*self._filters, self.access_log] if self.access_log.enabled else self._filters
+        return FilterChain(filters, self.router)
+
     def _apply_policies(self, state: MeshState) -> None:
-        """The snapshot's mesh config (ext-authz providers) and policies into the two auth filters."""
-        self.ext_authz_clients.update(mesh_config_from_snapshot(state.snapshot, self.settings.root_namespace), state)
+        """The snapshot's mesh config (ext-authz providers, access logs) and policies into the filters."""
+        s = self.settings
+        mesh = mesh_config_from_snapshot(state.snapshot, s.root_namespace)
+        self.ext_authz_clients.update(mesh, state)
+        self.access_log.swap(access_logs_for(state.snapshot, mesh, s.namespace, s.name, s.root_namespace,
+                                             s.default_access_log))
         authorizer = self._authorizer(state)
         self.ext_authz.swap(authorizer, state.snapshot.services)
         self.rbac.swap(authorizer, state.snapshot.services)
@@ -204,6 +220,8 @@ class WaypointRole:
         """A new snapshot: new routes, endpoints and policies apply from the next request on."""
         self._current.swap(WaypointConfig.build(state))
         self._apply_policies(state)
+        if self.access_log.enabled != (self.access_log in self.chain.filters):
+            self.chain = self._build_chain()  # access log turned on or off: new connections see it
 
     def rotate(self) -> None:
         """New certificate for new handshakes; live connections keep theirs."""
@@ -214,6 +232,7 @@ class WaypointRole:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.server.close(grace_s)
         await self.ext_authz_clients.aclose()
+        self.access_log.sinks.flush()
         self.upstreams.close()
         await self.pool.close()
 
@@ -288,10 +307,11 @@ class WaypointRole:
 
     async def _dial(self, relay: Relay, info: DownstreamInfo) -> BaseException | None:
         """Connect the relay's upstream end; the error, or None once it is up."""
-        target = self._tcp_target(info)
+        started, target = self.access_log.clock(), self._tcp_target(info)
         if target is None:
             if self.tcp_metrics is not None:
                 self.tcp_metrics.failed(info, None)
+            self.access_log.tcp_failed(info, None, started, NO_HEALTHY_UPSTREAM)
             return ConnectionRefusedError("no healthy upstream")
         try:
             await self.connector.connect(target, lambda: relay.upstream)
@@ -299,9 +319,11 @@ class WaypointRole:
             log.info("waypoint TCP upstream %s:%d failed: %s", target.address, target.port, exc)
             if self.tcp_metrics is not None:
                 self.tcp_metrics.failed(info, target)
+            self.access_log.tcp_failed(info, target, started, UPSTREAM_CONNECTION_FAILURE)
             return exc
         if self.tcp_metrics is not None:  # istio_tcp_* with reporter="waypoint"
             self.tcp_metrics.connected(relay, info, target)
+        self.access_log.tcp_connected(relay, info, target, started)  # after the metrics: it chains on_done
         return None
 
     def _tcp_denied(self, info: DownstreamInfo) -> Decision | None:
