@@ -68,7 +68,7 @@ def test_custom_fails_closed_at_the_waypoint_when_its_rules_match() -> None:
         **SVC_B,
     )
     denied = waypoint_http(custom, req=world.request(path="/admin/x"))
-    assert denied == Decision(False, policy="ns1/ext", reason="CUSTOM provider opa.local not available")
+    assert denied == Decision(False, policy="ns1/ext", reason="CUSTOM provider opa.local not available", rule=0)
     assert waypoint_http(custom, req=world.request(path="/public")).allowed  # not sent to the provider
 
 
@@ -92,9 +92,22 @@ def test_deny_wins_over_allow_and_names_the_policy() -> None:
     allow_all = p("allow-all", rules=[{}])
     deny_all = p("deny-all", action="DENY", rules=[{}])
     assert ztunnel(allow_all, deny_all) == Decision(
-        False, policy="ns1/deny-all", reason="denied by DENY policy ns1/deny-all"
+        False, policy="ns1/deny-all", reason="denied by DENY policy ns1/deny-all", rule=0
     )
-    assert ztunnel(allow_all) == Decision(True, policy="ns1/allow-all", reason="allowed by ALLOW policy ns1/allow-all")
+    assert ztunnel(allow_all) == Decision(
+        True, policy="ns1/allow-all", reason="allowed by ALLOW policy ns1/allow-all", rule=0
+    )
+
+
+def test_the_decision_names_the_rule_that_matched_by_its_index_in_the_policy() -> None:
+    """Envoy reports ``ns[NS]-policy[NAME]-rule[I]`` with I the rule's index in the policy
+    (``IS:pilot/pkg/security/authz/builder/builder.go``); a rule istiod drops keeps its number."""
+    deny = p("deny", action="DENY", rules=[{"to": [{"operation": {"ports": ["1"]}}]},
+                                           {"to": [{"operation": {"methods": ["GET"]}}]}], **SVC_B)
+    assert waypoint_http(deny, req=world.request(method="GET")).rule == 1
+    allow = p("allow", rules=[{"to": [{"operation": {"paths": ["/x"]}}]}, {}])  # rule 0 has HTTP fields
+    decision = ztunnel(allow)  # ztunnel drops rule 0 (HTTP fields in ALLOW); rule 1 still is rule 1
+    assert decision.allowed and decision.rule == 1
 
 
 def test_allow_without_rules_allows_nothing_and_empty_rule_allows_all() -> None:

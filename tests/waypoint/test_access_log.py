@@ -121,7 +121,7 @@ async def test_rbac_denial_logs_403_with_the_matched_policy(
     got = text_fields(line)
     assert (got["code"], got["flags"]) == ("403", "-")  # Envoy's RBAC filter sets no flag
     # the policy as the RBAC filter names it (waypoint/l7/filters/rbac.py ``denial``)
-    assert got["details"] == "rbac_access_denied_matched_policy[app/deny-admin]"
+    assert got["details"] == "rbac_access_denied_matched_policy[ns[app]-policy[deny-admin]-rule[0]]"
     assert int(got["sent"]) == len(b"RBAC: access denied") and got["upstream_host"] == "-"
 
 

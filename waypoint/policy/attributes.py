@@ -57,6 +57,7 @@ class Decision:
     allowed: bool
     policy: str = ""
     reason: str = ""
+    rule: int = -1  # the index in the deciding policy's ``rules`` of the rule that matched (Envoy's policy names)
     dry_run_denied_by: tuple[str, ...] = field(default=())  # dry-run policies that would have denied
 
 

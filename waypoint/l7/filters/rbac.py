@@ -4,7 +4,7 @@ Envoy's HTTP RBAC filter (``source/extensions/filters/http/rbac/rbac_filter.cc``
 ``decodeHeaders``), which istiod puts in the waypoint after ext_authz and jwt_authn
 (``IS:pilot/pkg/networking/core/listener_waypoint.go`` ``buildWaypointHTTPFilters``; facts §3.1):
 a denied request is answered from the proxy with ``403`` and the body ``RBAC: access denied``,
-response code details ``rbac_access_denied_matched_policy[<policy>]`` (``none`` when no ALLOW
+response code details ``rbac_access_denied_matched_policy[ns[NS]-policy[NAME]-rule[I]]`` (``none`` when no ALLOW
 matched), and no response flag (the filter sets none, so Istio's ``response_flags`` is ``-``).
 A gRPC request gets Envoy's gRPC local reply instead: HTTP 200 trailers-only with
 ``grpc-status: 7`` (PERMISSION_DENIED, ``httpToGrpcStatus(403)``) and the body as
@@ -68,7 +68,17 @@ def request_host(authority: str, scheme: str) -> str:
 def denial(decision: Decision) -> LocalReply:
     """Envoy's answer to a denied request (``sendLocalReply(Forbidden, "RBAC: access denied", ...,
     RcDetails::RbacAccessDenied)``); the details name the deciding policy, as Envoy's do."""
-    return LocalReply(403, DENIED_BODY, details=f"rbac_access_denied_matched_policy[{decision.policy or 'none'}]")
+    return LocalReply(403, DENIED_BODY, details=f"rbac_access_denied_matched_policy[{envoy_policy_name(decision)}]")
+
+
+def envoy_policy_name(decision: Decision) -> str:
+    """The policy name Envoy's RBAC reports, as istiod names each rule of a policy
+    (``IS:pilot/pkg/security/authz/builder/builder.go``: ``ns[NS]-policy[NAME]-rule[I]``); ``none``
+    when no policy matched (ALLOW policies applied and none allowed)."""
+    if not decision.policy or decision.rule < 0:
+        return "none"
+    namespace, _, name = decision.policy.partition("/")
+    return f"ns[{namespace}]-policy[{name}]-rule[{decision.rule}]"
 
 
 class RbacFilter(Filter):

@@ -37,6 +37,8 @@ class Matcher(Protocol):
 
     def matches(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> bool: ...
 
+    def match_rule(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> int: ...
+
 
 class Entry:
     """A compiled policy with its decisions made up front, so a check allocates nothing."""
@@ -48,12 +50,21 @@ class Entry:
         self.matcher = matcher
         self.key = policy.key
         if policy.action is Action.CUSTOM:
-            reason = f"CUSTOM provider {policy.provider} not available"
-            self.on_match = Decision(False, policy=self.key, reason=reason)
+            allowed, reason = False, f"CUSTOM provider {policy.provider} not available"
         elif policy.action is Action.DENY:
-            self.on_match = Decision(False, policy=self.key, reason=f"denied by DENY policy {self.key}")
+            allowed, reason = False, f"denied by DENY policy {self.key}"
         else:
-            self.on_match = Decision(True, policy=self.key, reason=f"allowed by ALLOW policy {self.key}")
+            allowed, reason = True, f"allowed by ALLOW policy {self.key}"
+        # one answer per rule, by its index in the policy (the rule that matched names it, as Envoy's
+        # "ns[..]-policy[..]-rule[i]")
+        self.on_match = tuple(
+            Decision(allowed, policy=self.key, reason=reason, rule=i) for i in range(max(1, len(policy.rules)))
+        )
+
+    def decide(self, conn: ConnectionFacts, req: RequestFacts | None) -> Decision | None:
+        """This policy's answer if one of its rules matches, else None."""
+        index = self.matcher.match_rule(conn, req)
+        return self.on_match[index] if index >= 0 else None
 
 
 class PolicySet:
@@ -113,16 +124,16 @@ def evaluate(policies: PolicySet, conn: ConnectionFacts, req: RequestFacts | Non
 
 def _enforced(policies: PolicySet, conn: ConnectionFacts, req: RequestFacts | None) -> Decision:
     for entry in policies.custom:
-        if entry.matcher.matches(conn, req):
-            return entry.on_match
+        if (decision := entry.decide(conn, req)) is not None:
+            return decision
     for entry in policies.deny:
-        if entry.matcher.matches(conn, req):
-            return entry.on_match
+        if (decision := entry.decide(conn, req)) is not None:
+            return decision
     if not policies.allow:
         return ALLOW
     for entry in policies.allow:
-        if entry.matcher.matches(conn, req):
-            return entry.on_match
+        if (decision := entry.decide(conn, req)) is not None:
+            return decision
     return NO_ALLOW_MATCHED
 
 

@@ -212,32 +212,37 @@ class _PathPred(Pred):
 AndList = tuple[Pred, ...]
 
 
+CompiledRule = tuple[tuple[AndList, ...], tuple[AndList, ...]]  # (principals, permissions), each ORed lists of ANDs
+
+
 class EnvoyPolicy:
     """One policy compiled for HTTP or for TCP; ``matches`` is Envoy's ``Policy`` evaluation."""
 
     __slots__ = ("policy", "rules")
 
-    def __init__(
-        self, policy: AuthorizationPolicy, rules: tuple[tuple[tuple[AndList, ...], tuple[AndList, ...]], ...]
-    ) -> None:
+    def __init__(self, policy: AuthorizationPolicy, rules: tuple[tuple[int, CompiledRule], ...]) -> None:
         self.policy = policy
-        self.rules = rules
+        self.rules = rules  # (index in the policy's rules, the rule): istiod names rule i "ns[..]-policy[..]-rule[i]"
 
-    def matches(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> bool:
-        for principals, permissions in self.rules:
+    def match_rule(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> int:
+        """The index of the first rule that matches, or -1."""
+        for index, (principals, permissions) in self.rules:
             if any(all(p.test(conn, req) for p in ands) for ands in principals) and any(
                 all(p.test(conn, req) for p in ands) for ands in permissions
             ):
-                return True
-        return False
+                return index
+        return -1
+
+    def matches(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> bool:
+        return self.match_rule(conn, req) >= 0
 
 
 def compile_envoy(policy: AuthorizationPolicy, *, for_tcp: bool) -> EnvoyPolicy:
-    rules: list[tuple[tuple[AndList, ...], tuple[AndList, ...]]] = []
-    for rule in policy.rules:
+    rules: list[tuple[int, CompiledRule]] = []
+    for index, rule in enumerate(policy.rules):
         compiled = _rule(rule, policy.namespace, for_tcp=for_tcp, allow=policy.action is Action.ALLOW)
         if compiled is not None:
-            rules.append(compiled)
+            rules.append((index, compiled))
     return EnvoyPolicy(policy, tuple(rules))
 
 

@@ -126,14 +126,22 @@ class L4Policy:
     __slots__ = ("http_fields", "policy", "rules")
 
     def __init__(
-        self, policy: AuthorizationPolicy, rules: tuple[tuple[Clause, ...], ...], http_fields: tuple[str, ...]
+        self, policy: AuthorizationPolicy, rules: tuple[tuple[int, tuple[Clause, ...]], ...],
+        http_fields: tuple[str, ...],
     ) -> None:
         self.policy = policy
-        self.rules = rules
+        self.rules = rules  # (index in the policy's rules, its clauses); dropped rules keep their numbers
         self.http_fields = http_fields
 
+    def match_rule(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> int:
+        """The index of the first rule that matches, or -1."""
+        for index, rule in self.rules:
+            if all(_clause_matches(clause, conn) for clause in rule):
+                return index
+        return -1
+
     def matches(self, conn: ConnectionFacts, req: RequestFacts | None = None) -> bool:
-        return any(all(_clause_matches(clause, conn) for clause in rule) for rule in self.rules)
+        return self.match_rule(conn) >= 0
 
 
 def _clause_matches(clause: Clause, conn: ConnectionFacts) -> bool:
@@ -153,14 +161,14 @@ def compile_l4(policy: AuthorizationPolicy) -> L4Policy | None:
             policy.action.value,
         )
         return None
-    rules: list[tuple[Clause, ...]] = []
+    rules: list[tuple[int, tuple[Clause, ...]]] = []
     http: set[str] = set()
-    for rule in policy.rules:
+    for index, rule in enumerate(policy.rules):
         clauses, found = _convert_rule(rule, policy.namespace)
         http.update(found)
         if found and policy.action is Action.ALLOW:
             continue  # "L7 policies never match for ALLOW"
-        rules.append(clauses)
+        rules.append((index, clauses))
     if http:
         log.warning(
             "AuthorizationPolicy %s: ztunnel does not support HTTP attributes (found: %s); %s",
