@@ -55,6 +55,8 @@ class Entry:
             allowed, reason = False, f"denied by DENY policy {self.key}"
         else:
             allowed, reason = True, f"allowed by ALLOW policy {self.key}"
+        if origin := getattr(matcher, "origin", ""):  # a policy istiod derived (peer_authn_l4.ConvertedPolicy)
+            reason = f"{reason} ({origin})"
         # one answer per rule, by its index in the policy (the rule that matched names it, as Envoy's
         # "ns[..]-policy[..]-rule[i]")
         self.on_match = tuple(

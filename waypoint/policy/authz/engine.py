@@ -24,6 +24,8 @@ from waypoint.policy.authz.decide import EMPTY, Matcher, PolicySet, custom_provi
 from waypoint.policy.authz.envoy_rules import EnvoyPolicy, compile_envoy
 from waypoint.policy.authz.model import AuthorizationPolicy
 from waypoint.policy.authz.parse import parse_authorization_policy
+from waypoint.policy.authz.peer_authn import PeerAuthentication
+from waypoint.policy.authz.peer_authn_l4 import PeerAuthnIndex, load_peer_authentications
 from waypoint.policy.authz.scope import (
     DEFAULT_ROOT_NAMESPACE,
     attaches_to_service,
@@ -50,17 +52,24 @@ def load_policies(snapshot: MeshSnapshot, root_namespace: str) -> list[Authoriza
 
 
 class _WorkloadIndex:
-    """Per-workload policy sets, keyed by uid; a workload not in the snapshot is scoped on the fly."""
+    """Per-workload policy sets, keyed by uid; a workload not in the snapshot is scoped on the fly.
+    ``extra``: policies derived per workload (PeerAuthentication's converted forms), after these."""
 
-    def __init__(self, snapshot: MeshSnapshot, compiled: list[Matcher], root_namespace: str) -> None:
+    def __init__(
+        self, snapshot: MeshSnapshot, compiled: list[Matcher], root_namespace: str,
+        extra: Callable[[str, Mapping[str, str]], list[L4Policy]] | None = None,
+    ) -> None:
         self._compiled = compiled
         self._root = root_namespace
+        self._extra = extra
         self._by_uid: dict[str, tuple[Workload, PolicySet]] = {}
         for w in snapshot.workloads:
             self._by_uid[w.uid] = (w, self._select(w.namespace, w.labels))
 
     def _select(self, namespace: str, labels: Mapping[str, str]) -> PolicySet:
         chosen = [m for m in self._compiled if selects_workload(m.policy, namespace, labels, self._root)]
+        if self._extra is not None:
+            chosen.extend(self._extra(namespace, labels))
         return PolicySet(chosen) if chosen else EMPTY
 
     def lookup(self, workload: Workload) -> PolicySet:
@@ -74,17 +83,23 @@ class _WorkloadIndex:
 
 class ZtunnelAuthorizer:
     """The destination ztunnel's check of an inbound connection (``ZT:src/proxy/inbound.rs``
-    ``assert_rbac``). ``targetRefs`` policies never reach ztunnel; CUSTOM/AUDIT are refused."""
+    ``assert_rbac``). ``targetRefs`` policies never reach ztunnel; CUSTOM/AUDIT are refused.
+    PeerAuthentications arrive as istiod converts them (:mod:`.peer_authn_l4`)."""
 
-    def __init__(self, policies: Iterable[AuthorizationPolicy], snapshot: MeshSnapshot, *, root_namespace: str) -> None:
+    def __init__(
+        self, policies: Iterable[AuthorizationPolicy], snapshot: MeshSnapshot, *, root_namespace: str,
+        peer_authentications: Iterable[PeerAuthentication] = (),
+    ) -> None:
         compiled: list[Matcher] = [c for c in (compile_l4(p) for p in policies) if c is not None]
-        self._index = _WorkloadIndex(snapshot, compiled, root_namespace)
+        peer = PeerAuthnIndex(peer_authentications, root_namespace)
+        self._index = _WorkloadIndex(snapshot, compiled, root_namespace, peer.matchers_for)
 
     @classmethod
     def from_snapshot(
         cls, snapshot: MeshSnapshot, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE
     ) -> ZtunnelAuthorizer:
-        return cls(load_policies(snapshot, root_namespace), snapshot, root_namespace=root_namespace)
+        return cls(load_policies(snapshot, root_namespace), snapshot, root_namespace=root_namespace,
+                   peer_authentications=load_peer_authentications(snapshot))
 
     def check(self, workload: Workload, facts: ConnectionFacts) -> Decision:
         """``workload`` is the destination pod; ``facts`` the connection as ztunnel sees it."""
