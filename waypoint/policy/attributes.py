@@ -12,8 +12,9 @@ The engine is sans-I/O: it sees these values and the policies, never a socket.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from waypoint.identity.spiffe import Identity
 
@@ -39,6 +40,8 @@ class RequestFacts:
 
     ``headers`` are lower-case names with their values, in arrival order (a name may repeat).
     ``host`` is ``:authority`` / ``Host`` without the port when the port is the default one.
+    ``jwt_claims`` is the payload of a token RequestAuthentication verified (``request.auth.*``,
+    ``requestPrincipals``); None when the request carried none (Envoy: no jwt_authn metadata).
     """
 
     connection: ConnectionFacts
@@ -46,6 +49,7 @@ class RequestFacts:
     path: str
     host: str
     headers: Sequence[tuple[str, str]] = ()
+    jwt_claims: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,9 @@ from waypoint.mesh.folder import FolderSource
 from waypoint.mesh.kube import KindRegistry, default_registry
 from waypoint.mesh.model import MeshSnapshot
 from waypoint.policy.authz import validate_authorization_policy
+from waypoint.policy.authz.peer_authn import validate_peer_authentication
 from waypoint.policy.meshconfig import validate_mesh_configmap
+from waypoint.policy.request_authn import validate_request_authentication
 from waypoint.policy.telemetry import validate_telemetry
 
 if TYPE_CHECKING:
@@ -61,8 +63,10 @@ def config_registry() -> KindRegistry:
     registry.register_kind("GRPCRoute", validate_grpcroute)
     registry.register_kind("ReferenceGrant", validate_reference_grant)
     registry.register_kind("AuthorizationPolicy", validate_authorization_policy)
+    registry.register_kind("PeerAuthentication", validate_peer_authentication)  # converted for ztunnel (peer_authn_l4)
     registry.register_kind("ConfigMap", validate_mesh_configmap)  # the ``istio`` mesh config (extensionProviders)
     registry.register_kind("Telemetry", validate_telemetry)  # accessLogging (waypoint/policy/telemetry.py)
+    registry.register_kind("RequestAuthentication", validate_request_authentication)  # JWT (policy/request_authn.py)
     return registry
 
 

@@ -41,6 +41,7 @@ from waypoint.l7.filters.access_log import AccessLog, CountingAccessLog, LogSink
 from waypoint.l7.filters.ext_authz import ExtAuthzFilter
 from waypoint.l7.filters.forwarded import Forwarded
 from waypoint.l7.filters.istio_stats import IstioRequestMetrics
+from waypoint.l7.filters.jwt_authn import JwtAuthnFilter
 from waypoint.l7.filters.rbac import AuthzDownstream, RbacFilter
 from waypoint.l7.filters.request_id import RequestId
 from waypoint.l7.h1_server import Http1ServerProtocol
@@ -56,7 +57,9 @@ from waypoint.mesh.state import MeshState
 from waypoint.policy.attributes import ConnectionFacts, Decision
 from waypoint.policy.authz import WaypointAuthorizer
 from waypoint.policy.extauthz import ExtAuthzClients
+from waypoint.policy.jwks_fetch import JwksKeys
 from waypoint.policy.meshconfig import mesh_config_from_snapshot
+from waypoint.policy.request_authn import WaypointRules, load_request_authentications, rules_for_waypoint
 from waypoint.policy.telemetry import access_logs_for
 from waypoint.roles.hbone_connector import HboneConnector
 from waypoint.roles.inner import SniffingProtocol
@@ -145,6 +148,8 @@ class WaypointRole:
         self.ext_authz_clients = ExtAuthzClients()  # the mesh config's ext-authz providers
         self.ext_authz = ExtAuthzFilter(self.ext_authz_clients, str(self.identity))
         self.rbac = RbacFilter()
+        self.jwt_keys = JwksKeys()  # RequestAuthentication keys: inline, or fetched from jwksUri off the hot path
+        self.jwt_authn = JwtAuthnFilter()
         # body bytes for the access log are counted by the stats filter when there is one
         counted = registry is not None or any(isinstance(t, IstioRequestMetrics) for t in telemetry)
         self.access_log = (AccessLog if counted else CountingAccessLog)(log_sinks or LogSinks(), state.cluster_domain)
@@ -153,7 +158,8 @@ class WaypointRole:
         self.tcp_metrics = WaypointTcpMetrics(TcpMetrics(registry)) if registry is not None else None
         if registry is not None:
             telemetry = (*telemetry, IstioRequestMetrics(registry, cluster_domain=state.cluster_domain))
-        self._filters = chain_order((self.ext_authz, *authorization, self.rbac), self._configured_filters(state),
+        self._filters = chain_order((self.ext_authz, *authorization, self.jwt_authn, self.rbac),
+                                    self._configured_filters(state),
                                     extra_filters, telemetry)
         self.chain = self._build_chain()
         self.server = HboneServer(
@@ -196,6 +202,16 @@ class WaypointRole:
         authorizer = self._authorizer(state)
         self.ext_authz.swap(authorizer, state.snapshot.services)
         self.rbac.swap(authorizer, state.snapshot.services)
+        jwt_rules = self._request_authn(state)
+        self.jwt_keys.want(jwt_rules.all_rules() if jwt_rules is not None else ())
+        self.jwt_authn.swap(jwt_rules, self.jwt_keys, state.snapshot.services)
+
+    def _request_authn(self, state: MeshState) -> WaypointRules | None:
+        """RequestAuthentication attached to this waypoint or its services; None when there is none."""
+        wp = state.waypoint(self.settings.namespace, self.settings.name)
+        if wp is None or not state.snapshot.objects("RequestAuthentication"):
+            return None
+        return rules_for_waypoint(load_request_authentications(state.snapshot), wp, self.settings.root_namespace)
 
     def _configured_filters(self, state: MeshState) -> list[Filter]:
         import yaml
@@ -210,6 +226,7 @@ class WaypointRole:
 
     # ---- lifecycle ----
     async def start(self, *, reuse_port: bool = False) -> None:
+        self.jwt_keys.start()
         await self.server.listen(self.settings.address, self.settings.port, reuse_port=reuse_port)
         log.info(
             "waypoint %s/%s serving HBONE on %s:%d as %s",
@@ -232,6 +249,7 @@ class WaypointRole:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.server.close(grace_s)
         await self.ext_authz_clients.aclose()
+        await self.jwt_keys.aclose()
         self.access_log.sinks.flush()
         self.upstreams.close()
         await self.pool.close()
@@ -376,6 +394,9 @@ class WaypointRole:
             "ext_authz": {"providers": dict(self.ext_authz_clients.kinds), "ok": self.ext_authz.ok,
                           "denied": self.ext_authz.denied, "error": self.ext_authz.errors,
                           "failure_mode_allowed": self.ext_authz.failure_mode_allowed},
+            "jwt_authn": {"enforcing": self.jwt_authn.active, "allowed": self.jwt_authn.allowed,
+                          "denied": self.jwt_authn.denied, "jwks_fetch_ok": self.jwt_keys.fetch_ok,
+                          "jwks_fetch_failed": self.jwt_keys.fetch_failed},
             "routes": self._current.config.status_dump(),
         }
 
@@ -387,7 +408,7 @@ def chain_order(
     telemetry: Sequence[Filter],
 ) -> list[Filter]:
     """The waypoint's filters in Istio's order (``IS:pilot/pkg/networking/core/listener_waypoint.go``
-    ``buildWaypointHTTPFilters``): authorization first (ext_authz for CUSTOM, then RBAC), so a denied
+    ``buildWaypointHTTPFilters``): authorization first (ext_authz for CUSTOM, jwt_authn, then RBAC), so a denied
     request costs nothing else; then request ids and x-forwarded-*, the Gateway's configured filters
     and any given in code; telemetry last before the router, so it sees every request that was routed."""
     return [*authorization, RequestId(), Forwarded(), *configured, *extra, *telemetry]

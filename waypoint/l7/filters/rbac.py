@@ -33,6 +33,8 @@ from waypoint.mesh.model import Service
 from waypoint.policy.attributes import ConnectionFacts, Decision, RequestFacts
 from waypoint.policy.authz import WaypointAuthorizer
 
+JWT_PAYLOAD = "jwt_authn.payload"  # ctx.state key the jwt_authn filter sets (waypoint/l7/filters/jwt_authn.py)
+
 log = logging.getLogger(__name__)
 
 DENIED_BODY = b"RBAC: access denied"
@@ -117,6 +119,7 @@ class RbacFilter(Filter):
             head.path,
             request_host(head.authority, head.scheme),
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
+            ctx.state.get(JWT_PAYLOAD),  # the jwt_authn filter's verified token, if any
         )
         decision = authz.check_request(service, facts)
         if decision.dry_run_denied_by:

@@ -64,6 +64,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("GRPCRoute", "grpcroutes", GATEWAY_API),
     Resource("ReferenceGrant", "referencegrants", GATEWAY_API, "v1beta1"),
     Resource("AuthorizationPolicy", "authorizationpolicies", "security.istio.io"),
+    Resource("RequestAuthentication", "requestauthentications", "security.istio.io"),
+    Resource("PeerAuthentication", "peerauthentications", "security.istio.io"),
     Resource("Telemetry", "telemetries", "telemetry.istio.io"),
 )
 

@@ -15,6 +15,9 @@ reference). Note: this differs from ztunnel, where a DENY match left empty never
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from waypoint.policy.attributes import ConnectionFacts, RequestFacts
 from waypoint.policy.authz.match import (
     IPNetwork,
@@ -27,6 +30,7 @@ from waypoint.policy.authz.match import (
     url_path,
 )
 from waypoint.policy.authz.model import Action, AuthorizationPolicy, Condition, Operation, Rule, Source
+from waypoint.policy.jwt import claim_value
 
 
 class Pred:
@@ -142,12 +146,100 @@ class _AbsentPred(_StringPred):
         return None
 
 
-class _AbsentHttpPred(_AbsentPred):
-    """JWT attributes (``requestPrincipals``, ``request.auth.*``): no RequestAuthentication is
-    implemented, so no request has a verified token; HTTP only (``requestPrincipalGenerator``)."""
+def _sm(kind: str, value: str) -> StringMatch:
+    m = StringMatch("")
+    m.kind, m.value = kind, value
+    return m
 
-    __slots__ = ()
+
+def _principal_matchers(value: str) -> tuple[StringMatch, StringMatch]:
+    """(iss, sub) matchers for one ``requestPrincipals`` value, split at the last "/" (the issuer may
+    be a URL): ``IS:pilot/pkg/security/authz/model/generator.go`` ``requestPrincipalGenerator``."""
+    iss, found, sub = value.rpartition("/")
+    if not found:
+        iss, sub = value, ""
+    anything = _sm("presence", "")
+    if value == "*":
+        return anything, anything
+    if value.startswith("*"):
+        if found:
+            return (anything if iss == "*" else _sm("suffix", iss[1:])), _sm("exact", sub)
+        return anything, _sm("suffix", value[1:])
+    if value.endswith("*"):
+        if found:
+            return _sm("exact", iss), (anything if sub == "*" else _sm("prefix", sub[:-1]))
+        return _sm("prefix", value[:-1]), anything
+    return _sm("exact", iss), _sm("exact", sub)
+
+
+class _RequestPrincipalPred(Pred):
+    """``requestPrincipals`` and ``when: request.auth.principal``: the verified token's ``iss`` and
+    ``sub`` claims (RequestAuthentication, :mod:`waypoint.policy.request_authn`). No token: values
+    never match, ``not`` values always do, as Envoy's metadata matchers with no metadata. HTTP only."""
+
+    __slots__ = ("neg", "pos")
     http_only = True
+
+    def __init__(self, pos: tuple[str, ...], neg: tuple[str, ...]) -> None:
+        self.pos = tuple(_principal_matchers(v) for v in pos)
+        self.neg = tuple(_principal_matchers(v) for v in neg)
+
+    @staticmethod
+    def _any(pairs: tuple[tuple[StringMatch, StringMatch], ...], claims: Mapping[str, Any] | None) -> bool:
+        if claims is None:
+            return False
+        iss, sub = claims.get("iss"), claims.get("sub")
+        if not isinstance(iss, str) or not isinstance(sub, str):
+            return False
+        return any(mi.matches(iss) and ms.matches(sub) for mi, ms in pairs)
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        claims = None if req is None else req.jwt_claims
+        if self.pos and not self._any(self.pos, claims):
+            return False
+        return not (self.neg and self._any(self.neg, claims))
+
+
+class _ClaimPred(Pred):
+    """``request.auth.claims[a][b]``, ``request.auth.audiences`` (``aud``), ``request.auth.presenter``
+    (``azp``): a string claim, or a list of them with one element matching (``generator.go``
+    ``MetadataListValueMatcherForJWTClaims`` with the string-or-list form). HTTP only."""
+
+    __slots__ = ("neg", "path", "pos")
+    http_only = True
+
+    def __init__(self, path: tuple[str, ...], pos: tuple[str, ...], neg: tuple[str, ...]) -> None:
+        self.path = path
+        self.pos = string_matches(pos)
+        self.neg = string_matches(neg)
+
+    def _any(self, matchers: tuple[StringMatch, ...], value: Any) -> bool:
+        if isinstance(value, str):
+            return any_match(matchers, value)
+        if isinstance(value, list):
+            return any(isinstance(v, str) and any_match(matchers, v) for v in value)
+        return False
+
+    def test(self, conn: ConnectionFacts, req: RequestFacts | None) -> bool:
+        claims = None if req is None else req.jwt_claims
+        value = None if claims is None else claim_value(claims, self.path)
+        if self.pos and not self._any(self.pos, value):
+            return False
+        return not (self.neg and self._any(self.neg, value))
+
+
+def _claim_path(key: str) -> tuple[str, ...]:
+    """``[a][b]`` after ``request.auth.claims`` (``extractNameInNestedBrackets``)."""
+    inner = key[len("request.auth.claims") :]
+    names: list[str] = []
+    begin = 0
+    while begin < len(inner) and inner[begin] == "[":
+        end = inner.find("]", begin)
+        if end < 0:
+            return (inner.strip("[]"),)
+        names.append(inner[begin + 1 : end])
+        begin = end + 1
+    return tuple(names) or (inner.strip("[]"),)
 
 
 class _HostPred(_StringPred):
@@ -275,7 +367,7 @@ def _source(s: Source, namespace: str) -> list[Pred]:
     if s.namespaces or s.not_namespaces:
         preds.append(_NamespacePred(s.namespaces, s.not_namespaces))
     if s.request_principals or s.not_request_principals:
-        preds.append(_AbsentHttpPred(s.request_principals, s.not_request_principals))
+        preds.append(_RequestPrincipalPred(s.request_principals, s.not_request_principals))
     if s.principals or s.not_principals:
         preds.append(_PrincipalPred(s.principals, s.not_principals))
     if s.service_accounts or s.not_service_accounts:
@@ -310,10 +402,15 @@ def _condition(c: Condition) -> Pred:
         return _PrincipalPred(v, nv)
     if key.startswith("request.headers"):
         return _HeaderPred(c.header, v, nv)
-    # request.auth.* (HTTP only) and connection.sni (not HTTP only, but never known here).
-    if key.startswith("request.auth."):
-        return _AbsentHttpPred(v, nv)
-    return _AbsentPred(v, nv)
+    if key == "request.auth.principal":
+        return _RequestPrincipalPred(v, nv)
+    if key == "request.auth.audiences":
+        return _ClaimPred(("aud",), v, nv)
+    if key == "request.auth.presenter":
+        return _ClaimPred(("azp",), v, nv)
+    if key.startswith("request.auth.claims"):
+        return _ClaimPred(_claim_path(key), v, nv)
+    return _AbsentPred(v, nv)  # connection.sni: not HTTP only, but never known here
 
 
 __all__ = ["EnvoyPolicy", "Pred", "StringMatch", "compile_envoy"]

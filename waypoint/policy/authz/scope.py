@@ -17,9 +17,10 @@ the root namespace and the workload's namespace):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 from waypoint.mesh.model import WAYPOINT_CLASS, Service, Waypoint
-from waypoint.policy.authz.model import AuthorizationPolicy
+from waypoint.policy.authz.model import AuthorizationPolicy, TargetRef
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 DEFAULT_ROOT_NAMESPACE = "istio-system"
@@ -39,7 +40,17 @@ def selects_workload(
     return all(labels.get(key) == value for key, value in selector.items())
 
 
-def attaches_to_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, root_namespace: str) -> bool:
+class Targeted(Protocol):
+    """A policy that attaches by ``targetRefs``: AuthorizationPolicy, RequestAuthentication (same rules)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def target_refs(self) -> tuple[TargetRef, ...]: ...
+
+
+def attaches_to_waypoint(policy: Targeted, waypoint: Waypoint, root_namespace: str) -> bool:
     """Gateway-level attachment: applies to everything the waypoint handles."""
     for ref in policy.target_refs:
         if ref.group != GATEWAY_GROUP:
@@ -56,7 +67,7 @@ def attaches_to_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, root_n
     return False
 
 
-def attaches_to_service(policy: AuthorizationPolicy, namespace: str, name: str) -> bool:
+def attaches_to_service(policy: Targeted, namespace: str, name: str) -> bool:
     """Service-level attachment: applies to requests whose destination is this Service."""
     if policy.namespace != namespace:
         return False
