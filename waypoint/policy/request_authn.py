@@ -27,7 +27,7 @@ from waypoint.errors import ManifestError
 from waypoint.mesh import fields as f
 from waypoint.mesh.model import MeshSnapshot, Service, Waypoint
 from waypoint.policy.authz.model import TargetRef
-from waypoint.policy.authz.parse import _target_refs
+from waypoint.policy.authz.parse import parse_target_refs
 from waypoint.policy.authz.scope import attaches_to_service, attaches_to_waypoint
 from waypoint.policy.jwt import Jwks, JwksError, parse_jwks
 
@@ -99,7 +99,7 @@ def parse_request_authentication(doc: Mapping[str, Any], namespace: str) -> Requ
         sel = f.mapping(spec["selector"], "spec.selector")
         _no_unknown(sel, frozenset({"matchLabels"}), "spec.selector")
         selector = MappingProxyType(f.string_map(sel.get("matchLabels"), "spec.selector.matchLabels"))
-    target_refs = _target_refs(spec, namespace)
+    target_refs = parse_target_refs(spec, namespace)
     if selector is not None and target_refs:
         raise ManifestError("spec", "only one of targetRefs or workloadSelector can be set")
     rules = tuple(

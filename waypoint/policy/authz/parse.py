@@ -106,7 +106,7 @@ def parse_authorization_policy(doc: Mapping[str, Any], namespace: str) -> Author
     _no_unknown(spec, _SPEC_KEYS, "spec")
     action = _action(spec.get("action"))
     selector = _selector(spec.get("selector"))
-    target_refs = _target_refs(spec, namespace)
+    target_refs = parse_target_refs(spec, namespace)
     if selector is not None and target_refs:
         raise ManifestError("spec", "only one of targetRefs or selector can be set")
     provider = _provider(spec.get("provider"), action)
@@ -152,7 +152,7 @@ def _selector(raw: Any) -> Mapping[str, str] | None:
     return MappingProxyType(f.string_map(sel.get("matchLabels"), "spec.selector.matchLabels"))
 
 
-def _target_refs(spec: Mapping[str, Any], namespace: str) -> tuple[TargetRef, ...]:
+def parse_target_refs(spec: Mapping[str, Any], namespace: str) -> tuple[TargetRef, ...]:
     refs: list[TargetRef] = []
     if spec.get("targetRef") is not None:  # deprecated singular form, still served
         refs.append(_target_ref(spec["targetRef"], "spec.targetRef", namespace))
