@@ -13,6 +13,7 @@ it in the RBAC filter, first in the chain (:mod:`waypoint.l7.filters.rbac`: 403
 RBAC filter in ``main_internal`` (facts §2.4): the CONNECT was already answered 200 there (the
 ``connect_terminate`` tcp_proxy reached the internal listener), then the connection is closed
 (``docs/root/intro/arch_overview/security/rbac_filter.rst``: "the connection will be closed").
+Those filters and their per-snapshot swap are :class:`~waypoint.roles.waypoint_policies.WaypointPolicies`.
 """
 
 from __future__ import annotations
@@ -37,12 +38,10 @@ from waypoint.l4.relay import Relay
 from waypoint.l7.chain import FilterChain
 from waypoint.l7.endpoints import RoundRobinPicker
 from waypoint.l7.filter import DownstreamInfo, Filter
-from waypoint.l7.filters.access_log import AccessLog, CountingAccessLog, LogSinks
-from waypoint.l7.filters.ext_authz import ExtAuthzFilter
+from waypoint.l7.filters.access_log import LogSinks
 from waypoint.l7.filters.forwarded import Forwarded
 from waypoint.l7.filters.istio_stats import IstioRequestMetrics
-from waypoint.l7.filters.jwt_authn import JwtAuthnFilter
-from waypoint.l7.filters.rbac import AuthzDownstream, RbacFilter
+from waypoint.l7.filters.rbac import AuthzDownstream
 from waypoint.l7.filters.request_id import RequestId
 from waypoint.l7.h1_server import Http1ServerProtocol
 from waypoint.l7.h2_pool import ProtocolPool
@@ -55,15 +54,11 @@ from waypoint.l7.upstream import UpstreamTarget
 from waypoint.mesh.model import Waypoint
 from waypoint.mesh.state import MeshState
 from waypoint.policy.attributes import ConnectionFacts, Decision
-from waypoint.policy.authz import WaypointAuthorizer
 from waypoint.policy.extauthz import ExtAuthzClients
-from waypoint.policy.jwks_fetch import JwksKeys
-from waypoint.policy.meshconfig import mesh_config_from_snapshot
-from waypoint.policy.request_authn import WaypointRules, load_request_authentications, rules_for_waypoint
-from waypoint.policy.telemetry import access_logs_for
 from waypoint.roles.hbone_connector import HboneConnector
 from waypoint.roles.inner import SniffingProtocol
 from waypoint.roles.waypoint_config import HTTP_PROTOCOLS, WaypointConfig
+from waypoint.roles.waypoint_policies import WaypointPolicies
 from waypoint.telemetry.metrics import TcpMetrics
 from waypoint.telemetry.waypoint_tcp import WaypointTcpMetrics
 
@@ -143,21 +138,20 @@ class WaypointRole:
         self.connector = HboneConnector(self.pool, self.identity, source_ip=source_ip)
         self.upstreams = ProtocolPool(self.connector)
         self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
-        # Istio's order (buildWaypointHTTPFilters): ext_authz (CUSTOM, the given ``authorization``
-        # filters), then RBAC, before everything else
-        self.ext_authz_clients = ExtAuthzClients()  # the mesh config's ext-authz providers
-        self.ext_authz = ExtAuthzFilter(self.ext_authz_clients, str(self.identity))
-        self.rbac = RbacFilter()
-        self.jwt_keys = JwksKeys()  # RequestAuthentication keys: inline, or fetched from jwksUri off the hot path
-        self.jwt_authn = JwtAuthnFilter()
-        # body bytes for the access log are counted by the stats filter when there is one
+        # the mesh config's ext-authz providers, reached as the router's upstreams are (HBONE to ambient pods)
+        self.ext_authz_clients = ExtAuthzClients(self.connector)
         counted = registry is not None or any(isinstance(t, IstioRequestMetrics) for t in telemetry)
-        self.access_log = (AccessLog if counted else CountingAccessLog)(log_sinks or LogSinks(), state.cluster_domain)
-        self._apply_policies(state)
+        self.policies = WaypointPolicies(settings, state, self.identity, self.ext_authz_clients, log_sinks,
+                                         counted=counted)
+        p = self.policies  # its filters, named on the role too (the chain, the TCP path and tests use them)
+        self.ext_authz, self.rbac, self.jwt_authn, self.jwt_keys = p.ext_authz, p.rbac, p.jwt_authn, p.jwt_keys
+        self.access_log = p.access_log
         self.registry = registry
         self.tcp_metrics = WaypointTcpMetrics(TcpMetrics(registry)) if registry is not None else None
         if registry is not None:
             telemetry = (*telemetry, IstioRequestMetrics(registry, cluster_domain=state.cluster_domain))
+        # Istio's order (buildWaypointHTTPFilters): ext_authz (CUSTOM, the given ``authorization``
+        # filters), then RBAC, before everything else
         self._filters = chain_order((self.ext_authz, *authorization, self.jwt_authn, self.rbac),
                                     self._configured_filters(state),
                                     extra_filters, telemetry)
@@ -178,40 +172,10 @@ class WaypointRole:
         sa = wp.service_account if wp is not None else settings.name
         return Identity(settings.trust_domain, settings.namespace, sa)
 
-    def _authorizer(self, state: MeshState) -> WaypointAuthorizer | None:
-        """This snapshot's policies for this waypoint; None when there are none at all (the RBAC
-        filter then costs one attribute test per request)."""
-        wp = state.waypoint(self.settings.namespace, self.settings.name)
-        if wp is None or not state.snapshot.objects("AuthorizationPolicy"):
-            return None
-        return WaypointAuthorizer.from_snapshot(state.snapshot, wp, root_namespace=self.settings.root_namespace,
-                                                providers=self.ext_authz_clients.kinds)
-
     def _build_chain(self) -> FilterChain:
         """The filters, with the access log last when one is configured (no cost otherwise)."""
         filters = [*self._filters, self.access_log] if self.access_log.enabled else self._filters
         return FilterChain(filters, self.router)
-
-    def _apply_policies(self, state: MeshState) -> None:
-        """The snapshot's mesh config (ext-authz providers, access logs) and policies into the filters."""
-        s = self.settings
-        mesh = mesh_config_from_snapshot(state.snapshot, s.root_namespace)
-        self.ext_authz_clients.update(mesh, state)
-        self.access_log.swap(access_logs_for(state.snapshot, mesh, s.namespace, s.name, s.root_namespace,
-                                             s.default_access_log))
-        authorizer = self._authorizer(state)
-        self.ext_authz.swap(authorizer, state.snapshot.services)
-        self.rbac.swap(authorizer, state.snapshot.services)
-        jwt_rules = self._request_authn(state)
-        self.jwt_keys.want(jwt_rules.all_rules() if jwt_rules is not None else ())
-        self.jwt_authn.swap(jwt_rules, self.jwt_keys, state.snapshot.services)
-
-    def _request_authn(self, state: MeshState) -> WaypointRules | None:
-        """RequestAuthentication attached to this waypoint or its services; None when there is none."""
-        wp = state.waypoint(self.settings.namespace, self.settings.name)
-        if wp is None or not state.snapshot.objects("RequestAuthentication"):
-            return None
-        return rules_for_waypoint(load_request_authentications(state.snapshot), wp, self.settings.root_namespace)
 
     def _configured_filters(self, state: MeshState) -> list[Filter]:
         import yaml
@@ -236,7 +200,7 @@ class WaypointRole:
     def update(self, state: MeshState) -> None:
         """A new snapshot: new routes, endpoints and policies apply from the next request on."""
         self._current.swap(WaypointConfig.build(state))
-        self._apply_policies(state)
+        self.policies.apply(state)
         if self.access_log.enabled != (self.access_log in self.chain.filters):
             self.chain = self._build_chain()  # access log turned on or off: new connections see it
 
@@ -248,8 +212,7 @@ class WaypointRole:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.server.close(grace_s)
-        await self.ext_authz_clients.aclose()
-        await self.jwt_keys.aclose()
+        await self.policies.aclose()
         self.access_log.sinks.flush()
         self.upstreams.close()
         await self.pool.close()
@@ -345,18 +308,11 @@ class WaypointRole:
         return None
 
     def _tcp_denied(self, info: DownstreamInfo) -> Decision | None:
-        """Envoy's network RBAC for an opaque TCP tunnel: the deny, or None when allowed."""
-        authz = self.rbac.authorizer
-        if authz is None or not isinstance(info, AuthzDownstream) or info.connection is None:
-            return None
-        decision = authz.check_connection(info.service, info.connection)
-        if decision.allowed:
-            return None
-        self.rbac.denied += 1
-        self.refusals["authorization_denied"] = self.refusals.get("authorization_denied", 0) + 1
-        conn = info.connection
-        log.info("waypoint TCP %s -> %s:%d closed: %s (policy %s)", info.peer_identity or info.peer_address,
-                 conn.destination_ip, conn.destination_port, decision.reason, decision.policy or "none matched")
+        """Envoy's network RBAC for an opaque TCP tunnel (:meth:`WaypointPolicies.tcp_denied`): the
+        deny, counted as a refusal, or None when allowed."""
+        decision = self.policies.tcp_denied(info)
+        if decision is not None:
+            self.refusals["authorization_denied"] = self.refusals.get("authorization_denied", 0) + 1
         return decision
 
     async def _relay_tcp(self, request: TunnelRequest, info: DownstreamInfo) -> None:
@@ -389,14 +345,7 @@ class WaypointRole:
             "identity": str(self.identity),
             "hbone_connections_opened": self.pool.connections_opened,
             "refusals": dict(self.refusals),
-            "rbac": {"enforcing": self.rbac.authorizer is not None, "allowed": self.rbac.allowed,
-                     "denied": self.rbac.denied},
-            "ext_authz": {"providers": dict(self.ext_authz_clients.kinds), "ok": self.ext_authz.ok,
-                          "denied": self.ext_authz.denied, "error": self.ext_authz.errors,
-                          "failure_mode_allowed": self.ext_authz.failure_mode_allowed},
-            "jwt_authn": {"enforcing": self.jwt_authn.active, "allowed": self.jwt_authn.allowed,
-                          "denied": self.jwt_authn.denied, "jwks_fetch_ok": self.jwt_keys.fetch_ok,
-                          "jwks_fetch_failed": self.jwt_keys.fetch_failed},
+            **self.policies.dump(),
             "routes": self._current.config.status_dump(),
         }
 
