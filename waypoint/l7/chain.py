@@ -8,12 +8,18 @@ Stopping: when a filter returns ``STOP`` the event is parked at that filter, and
 of the same direction waits at the entrance (in order) until ``resume()``; the held data also
 pauses the source (the downstream connection for requests, the upstream one for responses), so
 memory stays bounded by one read.
+
+Reading on while stopped: a filter that stopped on the request headers may ask for the body
+(:meth:`Stream.feed_request_body`, ext_authz's ``with_request_body``). Later request events then go
+through the filters before it and to its callback instead of waiting at the entrance, and are held
+by the chain (Envoy's ``StopIterationAndBuffer``: the buffer continues to the next filters after
+``continueDecoding``); the source is not paused, the callback decides when it has enough.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from waypoint.l7.filter import CONTINUE, STOP, Filter, LocalReply, RequestContext, Result
@@ -21,6 +27,9 @@ from waypoint.l7.flow import HELD, CorkedWriter, RelayPeer
 from waypoint.l7.message import DATA, HEADERS, TRAILERS, HeaderList, ResponseHead, is_grpc
 
 _Event = tuple[int, Any, bool]
+BodyFeed = Callable[[bytes, bool], Result]
+"""A stopped filter's body callback: ``STOP``/``CONTINUE`` (keep going; the chain holds the event
+either way) or a :class:`LocalReply` (answer now, e.g. 413)."""
 
 
 class DownstreamSink(Protocol):
@@ -97,7 +106,10 @@ class Stream:
 
     __slots__ = (
         "_chain",
+        "_held_from",
         "_local",
+        "_req_feed",
+        "_req_held",
         "_req_queue",
         "_req_stop",
         "_resp_queue",
@@ -117,6 +129,9 @@ class Stream:
         ctx.stream = self
         self._req_stop: tuple[int, _Event] | None = None
         self._req_queue: deque[_Event] | None = None  # made when an event first has to wait
+        self._req_feed: BodyFeed | None = None  # the stopped filter's body callback, while it reads on
+        self._req_held: deque[_Event] | None = None  # events fed to it, to go on after it resumes
+        self._held_from = 0  # the filter index those held events continue from
         self._resp_stop: tuple[int, _Event] | None = None
         self._resp_queue: deque[_Event] | None = None
         self._resp_top = chain.response_top  # response events enter just above the router
@@ -149,6 +164,9 @@ class Stream:
     def _decode(self, ev: _Event) -> None:
         if self._local or self.done:
             return  # the request was answered locally: the rest of its body is dropped
+        if self._req_feed is not None and self._req_stop is not None:
+            self._feed(ev)
+            return
         if self._req_stop is not None or self._req_queue:
             if self._req_queue is None:
                 self._req_queue = deque()
@@ -172,6 +190,41 @@ class Stream:
             else:
                 self._local_reply(r, j)  # type: ignore[arg-type]
             return
+
+    def feed_request_body(self, callback: BodyFeed | None) -> None:
+        """Hand the body to a filter stopped on the request headers as it comes (``callback(chunk,
+        end_stream)``; trailers come as ``(b"", True)``), or stop doing so (None: later events wait at
+        the entrance again, and the source pauses). Call it from ``on_request_headers`` before
+        returning ``STOP``, or later from the stopped filter."""
+        if callback is not None and (self._req_queue or self._req_held):
+            raise RuntimeError("feed_request_body: events already wait behind this stop")
+        self._req_feed = callback
+
+    def _feed(self, ev: _Event) -> None:
+        """A request event while the stopped filter reads on: through the filters before it, to its
+        callback, then held for after the stop (Envoy decodes data through a filter that stopped on
+        headers, and buffers what it returns StopIterationAndBuffer for)."""
+        assert self._req_stop is not None and self._req_feed is not None
+        stopped = self._req_stop[0]
+        kind, payload, end = ev
+        ctx = self.ctx
+        r: Result
+        for j, callback in self._chain.decoders[kind]:
+            if j >= stopped:
+                break
+            r = callback(ctx, payload) if kind == TRAILERS else callback(ctx, payload, end)
+            if isinstance(r, LocalReply):
+                self._local_reply(r, j)
+                return
+        held = self._req_held
+        if held is None:
+            held = self._req_held = deque()
+        if not held:
+            self._held_from = stopped + 1
+        held.append(ev)
+        r = self._req_feed(b"", True) if kind == TRAILERS else self._req_feed(payload, end)
+        if isinstance(r, LocalReply):
+            self._local_reply(r, stopped)
 
     # ---- response side (from the router) ----
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
@@ -246,7 +299,11 @@ class Stream:
         if self._req_stop is not None:
             j, ev = self._req_stop
             self._req_stop = None
+            self._req_feed = None
             self._decode_from(j + 1, ev)
+            held = self._req_held
+            while self._req_stop is None and held and not self._local:
+                self._decode_from(self._held_from, held.popleft())
             queue = self._req_queue
             while self._req_stop is None and queue and not self._local:
                 self._decode_from(0, queue.popleft())
@@ -286,8 +343,11 @@ class Stream:
             return
         self._local = True
         self._req_stop = None
+        self._req_feed = None
         if self._req_queue:
             self._req_queue.clear()
+        if self._req_held:
+            self._req_held.clear()
         self._resp_stop = None
         if self._resp_queue:
             self._resp_queue.clear()

@@ -4,7 +4,8 @@ The request (``source/extensions/filters/common/ext_authz/check_request_utils.cc
 ``createHttpCheck``; ``envoy/service/auth/v3/attribute_context.proto``): ``source`` is the downstream
 peer (address, and its certificate's URI SAN as ``principal``), ``destination`` the address the
 client dialled with the proxy's own URI SAN, and ``request.http`` the method, path, host, scheme,
-protocol and every header (pseudo-headers included, repeated names joined with ``,``).
+protocol and every header (pseudo-headers included, repeated names joined with ``,``), and with
+``includeRequestBodyInCheck`` the buffered body as ``body`` (text) or ``raw_body`` (``packAsBytes``).
 
 The answer (``ext_authz_grpc_impl.cc`` ``toAuthzResponse``): ``status.code == OK`` allows, with
 ``ok_response.headers`` set on (or, ``append: true``, appended to) the upstream request and
@@ -49,6 +50,11 @@ def check_request(request: CheckInput, now_s: float) -> external_auth_pb2.CheckR
         id=request.request_id, method=request.method, headers=headers, path=request.path, host=request.authority,
         scheme=request.scheme, protocol=request.protocol, size=int(length) if length.isdigit() else -1,
     )
+    if request.body is not None:  # includeRequestBodyInCheck (setHttpRequest): bytes, or UTF-8 text
+        if request.pack_as_bytes:
+            http.raw_body = request.body
+        else:  # a proto3 string: bytes that are not UTF-8 cannot travel here (packAsBytes is for them)
+            http.body = request.body.decode("utf-8", "replace")
     attrs = AttributeContext(
         source=_peer(request.source_address, request.source_principal),
         destination=_peer(request.destination_address, request.destination_principal),

@@ -2,7 +2,8 @@
 
 What goes out (``source/extensions/filters/common/ext_authz/ext_authz_http_impl.cc``
 ``RawHttpClientImpl::check`` and ``ClientConfig::toRequestMatchers``): the original method, the
-original path behind ``pathPrefix``, ``content-length: 0`` and no body, and of the request's headers
+original path behind ``pathPrefix``, no body (``content-length: 0``) unless ``includeRequestBodyInCheck``
+buffered one (then the buffered bytes, as-is: ``packAsBytes`` is for gRPC), and of the request's headers
 only ``:authority``/host, ``authorization`` and those matching ``includeRequestHeadersInCheck``; then
 ``includeAdditionalHeadersInCheck`` set over them (Envoy's ``headers_to_add``, overwrite).
 
@@ -38,7 +39,8 @@ _NOT_FORWARDED = frozenset({"content-length", "transfer-encoding", "connection",
 def check_request(provider: ExtAuthzProvider, request: CheckInput) -> tuple[str, str, Headers]:
     """(method, path, headers) of the check request; ``host`` carries the original ``:authority``."""
     patterns = provider.request_headers
-    headers: dict[str, str] = {"host": request.authority, "content-length": "0"}
+    body = request.body or b""
+    headers: dict[str, str] = {"host": request.authority, "content-length": str(len(body))}
     for name, value in request.headers:
         if name in _ALWAYS or (patterns and patterns.matches(name)):
             if name == "host" or name == "content-length":
@@ -94,7 +96,7 @@ class HttpProviderClient:
         host = f"[{ip}]" if ":" in ip else ip
         url = httpx.URL(f"http://{host}:{port}").copy_with(raw_path=path.encode("latin-1"))
         try:
-            response = await self._client.request(method, url, headers=list(headers))
+            response = await self._client.request(method, url, headers=list(headers), content=request.body)
         except (httpx.HTTPError, OSError) as e:
             return error(f"{type(e).__name__}: {e}")
         answer = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw)

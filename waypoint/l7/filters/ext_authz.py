@@ -18,6 +18,13 @@ body waits at the entrance), asks them in order on a task, then:
   with no body (details ``ext_authz_error``). Denials and errors set the ``UAEX`` response flag.
 
 The request then meets RBAC as usual: a CUSTOM allow still goes through DENY and ALLOW.
+
+``includeRequestBodyInCheck`` (Envoy ``with_request_body``, ``ext_authz.cc`` ``decodeHeaders``/
+``decodeData``): when a provider to ask wants the body, the filter stops on the headers and reads the
+body on (:meth:`Stream.feed_request_body`) until its end, or until ``maxRequestBytes`` are in with
+``allowPartialMessage``; more than ``maxRequestBytes`` without it is a 413 (the decoder buffer limit
+Envoy sets: ``Payload Too Large``, details ``request_payload_too_large``). Requests without a body,
+upgrades, and providers that want none are asked at once, with no buffering.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 from waypoint.l7.filter import CONTINUE, STOP, DownstreamInfo, Filter, LocalReply, RequestContext, Result
 from waypoint.l7.filters.rbac import AuthzDownstream, connection_facts, request_host
@@ -32,8 +40,8 @@ from waypoint.l7.message import RequestHead, get_header
 from waypoint.mesh.model import Service
 from waypoint.policy.attributes import RequestFacts
 from waypoint.policy.authz import WaypointAuthorizer
-from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, ExtAuthzClients, error
-from waypoint.policy.meshconfig import ExtAuthzProvider
+from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, ExtAuthzClients, error, with_body
+from waypoint.policy.meshconfig import BodySettings, ExtAuthzProvider
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +85,32 @@ class ExtAuthzFilter(Filter):
         providers = authz.custom_check(service, facts)
         if not providers:
             return CONTINUE
-        task = asyncio.get_running_loop().create_task(self._ask(ctx, head, providers, self._input(info, head, headers)))
+        request = self._input(info, head, headers)
+        settings = None if end_stream or _upgrade(head) else self._body_settings(providers)
+        stream = ctx.stream
+        if settings is not None and stream is not None:
+            stream.feed_request_body(_BodyBuffer(self, ctx, head, providers, request, settings).on_data)
+        else:
+            self.start(ctx, head, providers, request)
+        return STOP
+
+    def start(self, ctx: RequestContext, head: RequestHead, providers: tuple[str, ...], request: CheckInput) -> None:
+        """Ask the providers on a task (the request stays stopped until it resumes or answers)."""
+        task = asyncio.get_running_loop().create_task(self._ask(ctx, head, providers, request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return STOP
+
+    def _body_settings(self, providers: tuple[str, ...]) -> BodySettings | None:
+        """What buffering the providers to ask need together: None when none wants the body. Istio
+        lets one provider apply per workload; should several here, the body is cut per provider
+        later, and a partial body is accepted only if every one accepts it."""
+        wanted = [c.provider.body for name in providers
+                  if (c := self.clients.get(name)) is not None and c.provider.body is not None]
+        if not wanted:
+            return None
+        if len(wanted) == 1:
+            return wanted[0]
+        return BodySettings(max(s.max_request_bytes for s in wanted), all(s.allow_partial_message for s in wanted))
 
     def _input(self, info: DownstreamInfo, head: RequestHead, headers: tuple[tuple[str, str], ...]) -> CheckInput:
         rid = get_header(head.headers, b"x-request-id")
@@ -115,6 +145,8 @@ class ExtAuthzFilter(Filter):
         client = self.clients.get(name)
         if client is None:  # the mesh config lost it since this snapshot's policies were built
             return error(f"provider {name} not configured")
+        if request.body is not None:
+            request = with_body(request, client.provider.body)
         try:
             async with asyncio.timeout(client.provider.timeout_s):
                 return await client.check(request)
@@ -143,6 +175,41 @@ class ExtAuthzFilter(Filter):
         ctx.response_flags = UAEX
         status = provider.status_on_error if provider is not None else 403
         return LocalReply(status, details="ext_authz_error")
+
+
+class _BodyBuffer:
+    """One request's body on its way into the check (made only when a provider wants it)."""
+
+    __slots__ = ("chunks", "ctx", "filter", "head", "providers", "request", "settings", "size")
+
+    def __init__(self, owner: ExtAuthzFilter, ctx: RequestContext, head: RequestHead, providers: tuple[str, ...],
+                 request: CheckInput, settings: BodySettings) -> None:
+        self.filter, self.ctx, self.head, self.providers, self.request = owner, ctx, head, providers, request
+        self.settings = settings
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def on_data(self, chunk: bytes, end_stream: bool) -> Result:
+        """Envoy ``decodeData`` with ``buffer_data_``: buffer; ask at the end of the body, or once
+        ``isBufferFull`` (``allowPartialMessage`` and ``maxRequestBytes`` in); 413 past the limit."""
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        settings = self.settings
+        full = settings.allow_partial_message and self.size >= settings.max_request_bytes
+        if not settings.allow_partial_message and self.size > settings.max_request_bytes:
+            return LocalReply(413, b"Payload Too Large", details="request_payload_too_large")
+        if end_stream or full:
+            stream = self.ctx.stream
+            if stream is not None:
+                stream.feed_request_body(None)  # the rest waits at the entrance, the client paused
+            body, self.chunks = b"".join(self.chunks), []
+            self.filter.start(self.ctx, self.head, self.providers, replace(self.request, body=body))
+        return STOP
+
+
+def _upgrade(head: RequestHead) -> bool:
+    """Envoy buffers no body for WebSocket or HTTP/2 extended-CONNECT upgrades (``decodeHeaders``)."""
+    return head.method == "CONNECT" or get_header(head.headers, b"upgrade") is not None
 
 
 def _mutate(head: RequestHead, result: CheckResult) -> None:
