@@ -35,10 +35,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from waypoint.l7.filter import CONTINUE, STOP, DownstreamInfo, Filter, LocalReply, RequestContext, Result
-from waypoint.l7.filters.rbac import AuthzDownstream, connection_facts, request_host
+from waypoint.l7.filters.rbac import ServiceScope, dialled_service, request_facts
 from waypoint.l7.message import RequestHead, get_header
 from waypoint.mesh.model import Service
-from waypoint.policy.attributes import RequestFacts
 from waypoint.policy.authz import WaypointAuthorizer
 from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, ExtAuthzClients, error, with_body
 from waypoint.policy.meshconfig import BodySettings, ExtAuthzProvider
@@ -65,23 +64,22 @@ class ExtAuthzFilter(Filter):
 
     def swap(self, authorizer: WaypointAuthorizer | None, services: Iterable[Service] = ()) -> None:
         """Learn once which services have CUSTOM policies with a configured provider."""
-        self.gateway_level = authorizer is not None and authorizer.has_custom(None)
-        self.bound: frozenset[tuple[str, str]] = frozenset(
-            (s.namespace, s.name) for s in services if authorizer is not None and authorizer.has_custom(s)
+        self.scope = ServiceScope(
+            authorizer is not None and authorizer.has_custom(None),
+            (s for s in services if authorizer is not None and authorizer.has_custom(s)),
         )
-        self.authorizer = authorizer if self.gateway_level or self.bound else None
+        self.authorizer = None if self.scope.empty else authorizer
 
     def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
         authz = self.authorizer
         if authz is None:
             return CONTINUE
         info = ctx.info
-        service = info.service if isinstance(info, AuthzDownstream) else None
-        if not self.gateway_level and (service is None or (service.namespace, service.name) not in self.bound):
+        service = dialled_service(info)
+        if not self.scope.wants(service):
             return CONTINUE
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers)
-        facts = RequestFacts(connection_facts(info), head.method, head.path,
-                             request_host(head.authority, head.scheme), headers)
+        facts = request_facts(info, head)
+        headers = tuple(facts.headers)  # already a tuple: no copy
         providers = authz.custom_check(service, facts)
         if not providers:
             return CONTINUE

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from waypoint.identity.spiffe import Identity
 from waypoint.l7.filter import CONTINUE, DownstreamInfo, Filter, LocalReply, RequestContext, Result
@@ -57,6 +58,43 @@ def connection_facts(info: DownstreamInfo) -> ConnectionFacts:
     dest = info.destination or ("", 0)
     identity = Identity.parse(info.peer_identity) if info.peer_identity else None
     return ConnectionFacts(peer[0], identity, dest[0], dest[1])
+
+
+class ServiceScope:
+    """Which requests a per-snapshot authorizer must see, learnt once per snapshot: all of them
+    (policies attached to the waypoint itself) or those to the services with policies of their own.
+    The RBAC and ext_authz filters share it, so a request no policy concerns costs one lookup."""
+
+    __slots__ = ("bound", "gateway_level")
+
+    def __init__(self, gateway_level: bool, bound: Iterable[Service] = ()) -> None:
+        self.gateway_level = gateway_level
+        self.bound = frozenset((s.namespace, s.name) for s in bound)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.gateway_level or self.bound)
+
+    def wants(self, service: Service | None) -> bool:
+        return self.gateway_level or (service is not None and (service.namespace, service.name) in self.bound)
+
+
+def dialled_service(info: DownstreamInfo) -> Service | None:
+    """The Service whose VIP the tunnel was opened to (targetRefs kind Service)."""
+    return info.service if isinstance(info, AuthzDownstream) else None
+
+
+def request_facts(info: DownstreamInfo, head: RequestHead, jwt_claims: Any = None) -> RequestFacts:
+    """What the engine sees of one request: the tunnel's connection facts plus the request line,
+    host and headers (decoded once, here)."""
+    return RequestFacts(
+        connection_facts(info),
+        head.method,
+        head.path,
+        request_host(head.authority, head.scheme),
+        tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers),
+        jwt_claims,
+    )
 
 
 def request_host(authority: str, scheme: str) -> str:
@@ -97,31 +135,23 @@ class RbacFilter(Filter):
     def swap(self, authorizer: WaypointAuthorizer | None, services: Iterable[Service] = ()) -> None:
         """Install ``authorizer``; ``services`` are the snapshot's, to learn once which ones have
         policies of their own (the rest are checked only when Gateway-level policies exist)."""
-        self.gateway_level = authorizer is not None and bool(authorizer.policy_names(None))
         gateway = set(authorizer.policy_names(None)) if authorizer is not None else set()
-        self.bound: frozenset[tuple[str, str]] = frozenset(
-            (s.namespace, s.name) for s in services
-            if authorizer is not None and set(authorizer.policy_names(s)) - gateway
+        self.scope = ServiceScope(
+            bool(gateway),
+            (s for s in services if authorizer is not None and set(authorizer.policy_names(s)) - gateway),
         )
-        self.authorizer = authorizer if self.gateway_level or self.bound else None
+        self.authorizer = None if self.scope.empty else authorizer
 
     def on_request_headers(self, ctx: RequestContext, head: RequestHead, end_stream: bool) -> Result:
         authz = self.authorizer
         if authz is None:
             return CONTINUE
         info = ctx.info
-        service = info.service if isinstance(info, AuthzDownstream) else None
-        if not self.gateway_level and (service is None or (service.namespace, service.name) not in self.bound):
+        service = dialled_service(info)
+        if not self.scope.wants(service):
             return CONTINUE
-        facts = RequestFacts(
-            connection_facts(info),
-            head.method,
-            head.path,
-            request_host(head.authority, head.scheme),
-            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
-            ctx.state.get(JWT_PAYLOAD),  # the jwt_authn filter's verified token, if any
-        )
-        decision = authz.check_request(service, facts)
+        # with the jwt_authn filter's verified token, if any
+        decision = authz.check_request(service, request_facts(info, head, ctx.state.get(JWT_PAYLOAD)))
         if decision.dry_run_denied_by:
             log.info("rbac: dry-run policy %s would deny %s %s from %s", ", ".join(decision.dry_run_denied_by),
                      head.method, head.path, info.peer_identity or info.peer_address)
