@@ -26,7 +26,7 @@ from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped]
 from envoy.service.auth.v3 import external_auth_pb2 as pb  # type: ignore[import-untyped]
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc  # type: ignore[import-untyped]
 from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]
-from google.protobuf import json_format  # type: ignore[import-untyped]
+from google.protobuf import json_format, wrappers_pb2  # type: ignore[import-untyped]
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 
 from . import manifests as m
@@ -98,7 +98,8 @@ class HttpAuthzServer:
     @staticmethod
     def answer(headers: dict[str, str]) -> bytes:
         if headers.get("x-user") == "alice":
-            return b"HTTP/1.1 200 OK\r\nx-authz: ok\r\nx-not-forwarded: 1\r\ncontent-length: 0\r\n\r\n"
+            return (b"HTTP/1.1 200 OK\r\nx-authz: ok\r\nx-not-forwarded: 1\r\nx-authz-resp: ok\r\n"
+                    b"content-length: 0\r\n\r\n")
         body = b"denied by ext-authz"
         return (b"HTTP/1.1 401 Unauthorized\r\nx-ext-authz-check-result: denied\r\n"
                 b"content-type: application/problem+json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
@@ -117,23 +118,33 @@ Decide = Callable[[pb.CheckRequest], bool]
 
 
 class GrpcAuthz(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, decide: Decide) -> None:
+    def __init__(self, decide: Decide, to_client: tuple[Any, ...] = ()) -> None:
         self.decide = decide
+        self.to_client = to_client  # OkHttpResponse.response_headers_to_add
         self.requests: list[pb.CheckRequest] = []
+        self.hold: asyncio.Event | None = None  # set: checks wait for it (a slow provider)
+        self.in_flight = 0
 
     async def Check(self, request: pb.CheckRequest, context: Any) -> pb.CheckResponse:
         self.requests.append(request)
+        self.in_flight += 1
+        try:  # the waypoint cancelling the call cancels this coroutine (grpc.aio)
+            if self.hold is not None:
+                await self.hold.wait()
+        finally:
+            self.in_flight -= 1
         if self.decide(request):
             header = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="x-grpc-authz", value="yes"))
             return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
-                                    ok_response=pb.OkHttpResponse(headers=[header]))
+                                    ok_response=pb.OkHttpResponse(headers=[header],
+                                                                  response_headers_to_add=self.to_client))
         denied = pb.DeniedHttpResponse(status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
                                        body="grpc ext-authz says no")
         return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED), denied_response=denied)
 
 
-async def start_grpc_authz(decide: Decide) -> tuple[GrpcAuthz, Any]:
-    servicer = GrpcAuthz(decide)
+async def start_grpc_authz(decide: Decide, to_client: tuple[Any, ...] = ()) -> tuple[GrpcAuthz, Any]:
+    servicer = GrpcAuthz(decide, to_client)
     server = grpc.aio.server()
     pb_grpc.add_AuthorizationServicer_to_server(servicer, server)
     server.add_insecure_port(f"{GRPC_AUTHZ_IP}:{GRPC_AUTHZ_PORT}")
@@ -357,3 +368,113 @@ async def test_grpc_client_denied_by_http_provider_gets_grpc_status(
         await asyncio.to_thread(calls)
     assert grpc_server == [b"hi"]
     assert [c[1] for c in http_authz.calls] == ["/test.Echo/Unary", "/test.Echo/Unary"]
+
+
+# ---- headers for the client on allow; a pending check cancelled when its client goes away ------
+async def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_http_headers_to_downstream_on_allow_reach_the_client(
+    make_mesh: MeshFactory, echo_apps: dict[str, EchoApp], http_authz: HttpAuthzServer
+) -> None:
+    """``headersToDownstreamOnAllow`` is Envoy's ``allowed_client_headers_on_success``
+    (ext_authz_http_impl.cc ``SuccessResponse``: matching headers "appended (using addCopy) to the
+    encoded response headers"; ext_authz.cc ``encodeHeaders``): on the app's response, not upstream."""
+    mesh = await make_mesh(m.standard(
+        *provider_pods(),
+        mesh_config(http_provider("sample-http", headersToDownstreamOnAllow=["x-authz-resp"])),
+        custom("ext-authz-api", "sample-http", GATEWAY_REF, ["/api/*"]),
+    ))
+    async with mesh.client(m.CLIENT_IP) as client:
+        alice = await client.get(f"http://{m.V1_VIP}/api/x", headers={"x-user": "alice"})
+        again = await client.get(f"http://{m.V1_VIP}/api/y", headers={"x-user": "alice"})
+        public = await client.get(f"http://{m.V1_VIP}/public")
+        bob = await client.get(f"http://{m.V1_VIP}/api/x", headers={"x-user": "bob"})
+    assert alice.status_code == 200 and alice.headers.get_list("x-authz-resp") == ["ok"]
+    assert "x-not-forwarded" not in alice.headers and "x-authz" not in alice.headers  # not matching
+    seen = alice.json()["headers"]
+    assert seen["x-authz"] == "ok" and "x-authz-resp" not in seen  # to the client only
+    assert again.headers.get_list("x-authz-resp") == ["ok"]  # per request, not carried over
+    assert public.status_code == 200 and "x-authz-resp" not in public.headers  # no check, nothing added
+    assert bob.status_code == 401 and "x-authz-resp" not in bob.headers
+    assert mesh.waypoint("waypoint").ext_authz._carrying == 0
+
+
+async def test_grpc_response_headers_to_add_reach_the_client(
+    make_mesh: MeshFactory, echo_apps: dict[str, EchoApp]
+) -> None:
+    """OkHttpResponse.response_headers_to_add (ext_authz_grpc_impl.cc ``copyOkResponseMutations``):
+    no ``append`` and APPEND_IF_EXISTS_OR_ADD add a line; ``append: false`` and OVERWRITE_IF_EXISTS_OR_ADD
+    replace the app's; ADD_IF_ABSENT only when the app sent none; OVERWRITE_IF_EXISTS only when it did."""
+    action = base_pb2.HeaderValueOption.HeaderAppendAction
+
+    def option(key: str, value: str, **kw: Any) -> Any:
+        return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), **kw)
+
+    to_client = (
+        option("x-grpc-resp", "a"),
+        option("Content-Type", "text/from-authz", append=wrappers_pb2.BoolValue(value=False)),
+        option("x-absent", "added", append_action=action.ADD_IF_ABSENT),
+        option("content-type", "ignored", append_action=action.ADD_IF_ABSENT),
+        option("x-missing", "ignored", append_action=action.OVERWRITE_IF_EXISTS),
+        option("connection", "close"),  # hop-by-hop: never added to a response
+    )
+    _servicer, server = await start_grpc_authz(lambda req: True, to_client)
+    try:
+        mesh = await make_mesh(m.standard(
+            *provider_pods(),
+            mesh_config({"name": "grpc", "envoyExtAuthzGrpc": {"service": "grpc-authz.app.svc.cluster.local",
+                                                               "port": GRPC_AUTHZ_PORT, "timeout": "5s"}}),
+            custom("grpc-all", "grpc", service_ref("echo-v1"), ["/*"]),
+        ))
+        async with mesh.client(m.CLIENT_IP) as client:
+            r = await client.get(f"http://{m.V1_VIP}/x")
+    finally:
+        await server.stop(None)
+    assert r.status_code == 200 and r.json()["path"] == "/x"
+    assert r.headers.get_list("x-grpc-resp") == ["a"]
+    assert r.headers.get_list("content-type") == ["text/from-authz"]  # replaced the app's JSON type
+    assert r.headers.get_list("x-absent") == ["added"] and "x-missing" not in r.headers
+    assert "x-grpc-resp" not in r.json()["headers"]
+
+
+async def test_pending_check_is_cancelled_when_the_client_goes_away(
+    make_mesh: MeshFactory, echo_apps: dict[str, EchoApp]
+) -> None:
+    """Envoy ext_authz.cc ``onDestroy``: a check still ``Calling`` is cancelled, so a slow provider does
+    not gather checks nobody waits for: the provider sees its call cancelled, the waypoint holds nothing."""
+    servicer, server = await start_grpc_authz(lambda req: True)
+    servicer.hold = asyncio.Event()
+    try:
+        mesh = await make_mesh(m.standard(
+            *provider_pods(),
+            mesh_config({"name": "grpc", "envoyExtAuthzGrpc": {"service": "grpc-authz.app.svc.cluster.local",
+                                                               "port": GRPC_AUTHZ_PORT, "timeout": "30s"}}),
+            custom("grpc-all", "grpc", service_ref("echo-v1"), ["/*"]),
+        ))
+        ext_authz = mesh.waypoint("waypoint").ext_authz
+
+        async def abandoned(path: str) -> None:
+            async with mesh.client(m.CLIENT_IP) as client:
+                await client.get(f"http://{m.V1_VIP}{path}", timeout=30.0)
+
+        clients = [asyncio.create_task(abandoned(f"/slow/{i}")) for i in range(3)]
+        await until(lambda: servicer.in_flight == 3 and ext_authz.pending == 3, "three checks in flight")
+        for task in clients:  # the clients give up: httpx closes their connections
+            task.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+        await until(lambda: ext_authz.pending == 0, "the waypoint to drop its checks")
+        await until(lambda: servicer.in_flight == 0, "the provider to see the calls cancelled")
+        assert ext_authz.cancelled == 3 and ext_authz.ok == 0
+        servicer.hold.set()  # a provider that answers again: the waypoint still serves
+        async with mesh.client(m.CLIENT_IP) as client:
+            assert (await client.get(f"http://{m.V1_VIP}/fast")).status_code == 200
+    finally:
+        await server.stop(None)
+    assert echo_apps["v1"].paths() == ["/fast"]

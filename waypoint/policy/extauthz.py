@@ -21,7 +21,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Protocol
 
 from waypoint.l7.upstream import UpstreamTarget
@@ -39,6 +39,20 @@ class CheckStatus(Enum):
     OK = "ok"
     DENIED = "denied"
     ERROR = "error"
+
+
+class HeaderAction(IntEnum):
+    """How an allowed check's header joins the client's response (Envoy ``ExtAuthz::Response``
+    ``response_headers_to_add`` / ``_to_set`` / ``_to_add_if_absent`` / ``_to_overwrite_if_exists``).
+    The value is the order ``ext_authz.cc`` ``encodeHeaders`` applies the groups in."""
+
+    ADD = 0  # addCopy: another line, beside any the upstream sent
+    SET = 1  # setCopy: replaces the upstream's
+    ADD_IF_ABSENT = 2
+    OVERWRITE_IF_EXISTS = 3
+
+
+DownstreamHeaders = tuple[tuple[str, str, HeaderAction], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +79,9 @@ class CheckInput:
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """Envoy's ``ExtAuthz::Response``: for OK, the upstream header mutations; for Denied, the local
-    reply (status, body, headers to the client); for Error, ``reason`` only."""
+    """Envoy's ``ExtAuthz::Response``: for OK, the upstream header mutations and ``downstream``, the
+    headers for the response the client will get (name, value, action); for Denied, the local reply
+    (status, body, headers to the client); for Error, ``reason`` only."""
 
     status: CheckStatus
     http_status: int = 200
@@ -75,6 +90,7 @@ class CheckResult:
     upstream_set: Headers = ()
     upstream_append: Headers = ()
     upstream_remove: tuple[str, ...] = ()
+    downstream: DownstreamHeaders = ()
     reason: str = ""
 
 
@@ -209,9 +225,6 @@ class ExtAuthzClients:
                 fresh[name] = old
                 continue
             fresh[name] = _Provider(provider, upstreams, self._connector)
-            if provider.downstream_on_allow:
-                log.warning("ext-authz provider %s: headersToDownstreamOnAllow is not supported yet "
-                            "(no headers added to responses)", name)
         for name, old in self._clients.items():
             if fresh.get(name) is not old:
                 self._close_later(old)

@@ -9,8 +9,11 @@ protocol and every header (pseudo-headers included, repeated names joined with `
 
 The answer (``ext_authz_grpc_impl.cc`` ``toAuthzResponse``): ``status.code == OK`` allows, with
 ``ok_response.headers`` set on (or, ``append: true``, appended to) the upstream request and
-``ok_response.headers_to_remove`` removed; any other code denies, with ``denied_response``'s status
-(``403`` when unset), headers and body; a failed call (unreachable, deadline) is an error.
+``ok_response.headers_to_remove`` removed, and ``ok_response.response_headers_to_add`` kept for the
+response the client gets (``copyOkResponseMutations``: ``append`` true adds, false sets; without
+``append``, ``append_action`` says: add, add if absent, overwrite if exists, or set); any other
+code denies, with ``denied_response``'s status (``403`` when unset), headers and body; a failed
+call (unreachable, deadline) is an error.
 
 Messages are ``xds-protos``'s generated classes; the channel is grpcio's asyncio API (it runs on
 uvloop; tests/waypoint/test_ext_authz.py exercises it there).
@@ -29,13 +32,20 @@ from envoy.service.auth.v3 import (  # type: ignore[import-untyped]
     external_auth_pb2_grpc,
 )
 
-from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, error
+from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, HeaderAction, error
 from waypoint.policy.meshconfig import ExtAuthzProvider
 
 _OK = 0  # google.rpc.Code.OK
 _DEFAULT_DENY_STATUS = 403  # DeniedHttpResponse.status: "If not set, Envoy sends 403 Forbidden"
 
 AttributeContext = attribute_context_pb2.AttributeContext
+_Append = base_pb2.HeaderValueOption.HeaderAppendAction
+_BY_APPEND_ACTION = {  # HeaderValueOption.append_action -> the response header group it joins
+    _Append.APPEND_IF_EXISTS_OR_ADD: HeaderAction.ADD,
+    _Append.ADD_IF_ABSENT: HeaderAction.ADD_IF_ABSENT,
+    _Append.OVERWRITE_IF_EXISTS_OR_ADD: HeaderAction.SET,
+    _Append.OVERWRITE_IF_EXISTS: HeaderAction.OVERWRITE_IF_EXISTS,
+}
 
 
 def check_request(request: CheckInput, now_s: float) -> external_auth_pb2.CheckRequest:
@@ -77,8 +87,10 @@ def check_result(response: external_auth_pb2.CheckResponse) -> CheckResult:
         for option in ok.headers:
             pair = (option.header.key.lower(), option.header.value)
             (to_append if _appends(option) else to_set).append(pair)
+        downstream = tuple((o.header.key.lower(), o.header.value, _response_action(o))
+                           for o in ok.response_headers_to_add)
         return CheckResult(CheckStatus.OK, 200, upstream_set=tuple(to_set), upstream_append=tuple(to_append),
-                           upstream_remove=tuple(n.lower() for n in ok.headers_to_remove))
+                           upstream_remove=tuple(n.lower() for n in ok.headers_to_remove), downstream=downstream)
     denied = response.denied_response
     status = denied.status.code or _DEFAULT_DENY_STATUS
     headers = tuple((o.header.key.lower(), o.header.value) for o in denied.headers)
@@ -90,6 +102,14 @@ def _appends(option: base_pb2.HeaderValueOption) -> bool:
     """OkHttpResponse.headers: "the append field in HeaderValueOption defaults to false when used in
     this message" (external_auth.proto): only an explicit ``append: true`` appends."""
     return option.HasField("append") and bool(option.append.value)
+
+
+def _response_action(option: base_pb2.HeaderValueOption) -> HeaderAction:
+    """``ext_authz_grpc_impl.cc`` ``copyOkResponseMutations``: an explicit ``append`` wins (true adds,
+    false sets); else ``append_action`` (its default, APPEND_IF_EXISTS_OR_ADD, adds)."""
+    if option.HasField("append"):
+        return HeaderAction.ADD if option.append.value else HeaderAction.SET
+    return _BY_APPEND_ACTION.get(option.append_action, HeaderAction.ADD)
 
 
 class GrpcProviderClient:

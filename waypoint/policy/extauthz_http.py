@@ -11,7 +11,10 @@ What comes back (``RawHttpClientImpl::toResponse``):
 
 - 5xx: an error (the filter applies ``failOpen`` / ``statusOnError``);
 - 200: allowed; the response headers matching ``headersToUpstreamOnAllow`` are set on the upstream
-  request, and the names listed in ``x-envoy-auth-headers-to-remove`` are removed from it;
+  request, the names listed in ``x-envoy-auth-headers-to-remove`` are removed from it, and those
+  matching ``headersToDownstreamOnAllow`` (``allowed_client_headers_on_success``) are added to the
+  response the client gets (``SuccessResponse``: "appended (using addCopy) to the encoded response
+  headers"; the filter leaves out framing and hop-by-hop names);
 - anything else: denied with the server's status and body, and its headers to the client: all but
   ``host`` when ``headersToDownstreamOnDeny`` is unset, else those matching it plus ``:status``,
   ``content-length``, ``www-authenticate`` and ``location`` (``toClientMatchers``).
@@ -26,7 +29,7 @@ import itertools
 
 import httpx
 
-from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, Headers, error
+from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, HeaderAction, Headers, error
 from waypoint.policy.meshconfig import ExtAuthzProvider, HeaderPatterns
 
 _ALWAYS = frozenset({"authorization", "host"})  # toRequestMatchers' defaults (:method, :path ride the request line)
@@ -56,7 +59,7 @@ def check_result(provider: ExtAuthzProvider, status: int, headers: Headers, body
     if 500 <= status <= 599:
         return error(f"authorization server answered {status}")
     if status == 200:
-        return _allowed(provider.upstream_on_allow, headers)
+        return _allowed(provider, headers)
     deny = provider.downstream_on_deny
     client = tuple(
         (k, v) for k, v in headers
@@ -66,15 +69,22 @@ def check_result(provider: ExtAuthzProvider, status: int, headers: Headers, body
     return CheckResult(CheckStatus.DENIED, status, body, client_headers=client)
 
 
-def _allowed(upstream: HeaderPatterns, headers: Headers) -> CheckResult:
+def _allowed(provider: ExtAuthzProvider, headers: Headers) -> CheckResult:
+    upstream: HeaderPatterns = provider.upstream_on_allow
+    downstream: HeaderPatterns = provider.downstream_on_allow
     remove: list[str] = []
     to_set: list[tuple[str, str]] = []
+    to_client: list[tuple[str, str, HeaderAction]] = []
     for k, v in headers:
         if k == _HEADERS_TO_REMOVE:
             remove.extend(n.strip().lower() for n in v.split(",") if n.strip())
-        elif upstream and upstream.matches(k):
+            continue
+        if upstream and upstream.matches(k):
             to_set.append((k, v))
-    return CheckResult(CheckStatus.OK, 200, upstream_set=tuple(to_set), upstream_remove=tuple(remove))
+        if downstream and downstream.matches(k):
+            to_client.append((k, v, HeaderAction.ADD))
+    return CheckResult(CheckStatus.OK, 200, upstream_set=tuple(to_set), upstream_remove=tuple(remove),
+                       downstream=tuple(to_client))
 
 
 class HttpProviderClient:

@@ -19,6 +19,17 @@ body waits at the entrance), asks them in order on a task, then:
 
 The request then meets RBAC as usual: a CUSTOM allow still goes through DENY and ALLOW.
 
+Headers for the client on allow (``headersToDownstreamOnAllow``, gRPC ``response_headers_to_add``;
+Envoy ``ext_authz.cc`` ``onComplete`` OK saves ``response_headers_to_add_``/``_set_``/..., and
+``encodeHeaders`` applies them to whatever response passes back, the upstream's or a later filter's
+local reply): kept on the request context (``ctx.state``) until :meth:`on_response_headers`. A
+counter of contexts carrying some keeps the response path of every other request to one test.
+
+A client that goes away while its check is pending (reset, connection lost) cancels the check
+(Envoy ``onDestroy``: ``client_->cancel()`` while ``Calling``): :meth:`on_stream_complete` cancels
+its task, which closes the provider's request (httpx drops the connection, gRPC sends RST_STREAM),
+so a slow provider does not gather abandoned checks.
+
 ``includeRequestBodyInCheck`` (Envoy ``with_request_body``, ``ext_authz.cc`` ``decodeHeaders``/
 ``decodeData``): when a provider to ask wants the body, the filter stops on the headers and reads the
 body on (:meth:`Stream.feed_request_body`) until its end, or until ``maxRequestBytes`` are in with
@@ -36,16 +47,30 @@ from dataclasses import replace
 
 from waypoint.l7.filter import CONTINUE, STOP, DownstreamInfo, Filter, LocalReply, RequestContext, Result
 from waypoint.l7.filters.rbac import ServiceScope, dialled_service, request_facts
-from waypoint.l7.message import RequestHead, get_header
+from waypoint.l7.message import HOP_BY_HOP, HeaderList, RequestHead, ResponseHead, get_header
 from waypoint.mesh.model import Service
 from waypoint.policy.authz import WaypointAuthorizer
-from waypoint.policy.extauthz import CheckInput, CheckResult, CheckStatus, ExtAuthzClients, error, with_body
+from waypoint.policy.extauthz import (
+    CheckInput,
+    CheckResult,
+    CheckStatus,
+    DownstreamHeaders,
+    ExtAuthzClients,
+    HeaderAction,
+    error,
+    with_body,
+)
 from waypoint.policy.meshconfig import BodySettings, ExtAuthzProvider
 
 log = logging.getLogger(__name__)
 
 UAEX = "UAEX"  # Envoy's UnauthorizedExternalService response flag
 _PROTECTED = frozenset({b"host", b":authority", b":path", b":method", b":scheme"})
+# never added to a response: the codec frames it and strips hop-by-hop names (message.py)
+_NOT_TO_CLIENT = HOP_BY_HOP | {b"content-length"}
+_DOWNSTREAM = "ext_authz.downstream"  # ctx.state key: the allowed checks' headers for the response
+
+_ToClient = tuple[tuple[bytes, bytes, HeaderAction], ...]
 
 
 class ExtAuthzFilter(Filter):
@@ -59,7 +84,9 @@ class ExtAuthzFilter(Filter):
         self.own_principal = own_principal  # the waypoint's SPIFFE URI: CheckRequest's destination principal
         # Envoy's ext_authz stats: ok, denied, error, failure_mode_allowed
         self.ok = self.denied = self.errors = self.failure_mode_allowed = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.cancelled = 0  # checks dropped because their client went away
+        self._pending: dict[RequestContext, asyncio.Task[None]] = {}  # checks in flight, by request
+        self._carrying = 0  # requests whose ctx.state holds headers for their response
         self.swap(None)
 
     def swap(self, authorizer: WaypointAuthorizer | None, services: Iterable[Service] = ()) -> None:
@@ -95,8 +122,31 @@ class ExtAuthzFilter(Filter):
     def start(self, ctx: RequestContext, head: RequestHead, providers: tuple[str, ...], request: CheckInput) -> None:
         """Ask the providers on a task (the request stays stopped until it resumes or answers)."""
         task = asyncio.get_running_loop().create_task(self._ask(ctx, head, providers, request))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending[ctx] = task
+        task.add_done_callback(lambda _: self._pending.pop(ctx, None))
+
+    @property
+    def pending(self) -> int:
+        """Checks in flight (tests, config dump)."""
+        return len(self._pending)
+
+    def on_response_headers(self, ctx: RequestContext, head: ResponseHead, end_stream: bool) -> Result:
+        """Envoy ``encodeHeaders``: the allowed checks' headers join the response (a request that
+        carries none costs the counter test)."""
+        if self._carrying and (headers := ctx.state.pop(_DOWNSTREAM, None)) is not None:
+            self._carrying -= 1
+            _to_client(head.headers, headers)
+        return CONTINUE
+
+    def on_stream_complete(self, ctx: RequestContext) -> None:
+        """Envoy ``onDestroy``: a check still pending is cancelled (its answer has no one to go to)."""
+        if self._pending:
+            task = self._pending.pop(ctx, None)
+            if task is not None and not task.done():
+                task.cancel()
+                self.cancelled += 1
+        if self._carrying and ctx.state.pop(_DOWNSTREAM, None) is not None:
+            self._carrying -= 1
 
     def _body_settings(self, providers: tuple[str, ...]) -> BodySettings | None:
         """What buffering the providers to ask need together: None when none wants the body. Istio
@@ -125,19 +175,41 @@ class ExtAuthzFilter(Filter):
     async def _ask(
         self, ctx: RequestContext, head: RequestHead, providers: tuple[str, ...], request: CheckInput
     ) -> None:
-        """Ask each provider in turn; resume, or answer for the first that says no."""
+        """Ask each provider in turn; resume, or answer for the first that says no. Cancelled
+        (CancelledError passes through) when the client goes away first."""
+        downstream: list[DownstreamHeaders] = []
         try:
             for name in providers:
-                reply = self._outcome(ctx, head, name, await self._check(name, request))
+                result = await self._check(name, request)
+                reply = self._outcome(ctx, head, name, result)
                 if reply is not None:
+                    self._pending.pop(ctx, None)  # answered: a completion from here on cancels nothing
                     ctx.send_local_reply(reply)
                     return
+                if result.downstream:
+                    downstream.append(result.downstream)
         except Exception:  # a bug here must not leave the request hanging: fail closed
             log.exception("ext_authz: check failed")
+            self._pending.pop(ctx, None)
             ctx.response_flags = UAEX
             ctx.send_local_reply(LocalReply(403, details="ext_authz_error"))
             return
+        self._pending.pop(ctx, None)
+        if downstream:
+            self._carry(ctx, downstream)
         ctx.resume()
+
+    def _carry(self, ctx: RequestContext, results: list[DownstreamHeaders]) -> None:
+        """Keep the allowed checks' response headers on the request, encoded once, in the order
+        ``encodeHeaders`` applies them (adds, sets, adds if absent, overwrites if present)."""
+        headers = sorted(
+            ((k.encode("latin-1"), v.encode("latin-1"), action) for result in results for k, v, action in result),
+            key=lambda h: h[2],
+        )
+        kept: _ToClient = tuple(h for h in headers if h[0] not in _NOT_TO_CLIENT and not h[0].startswith(b":"))
+        if kept:
+            ctx.state[_DOWNSTREAM] = kept
+            self._carrying += 1
 
     async def _check(self, name: str, request: CheckInput) -> CheckResult:
         client = self.clients.get(name)
@@ -208,6 +280,23 @@ class _BodyBuffer:
 def _upgrade(head: RequestHead) -> bool:
     """Envoy buffers no body for WebSocket or HTTP/2 extended-CONNECT upgrades (``decodeHeaders``)."""
     return head.method == "CONNECT" or get_header(head.headers, b"upgrade") is not None
+
+
+def _to_client(out: HeaderList, headers: _ToClient) -> None:
+    """Apply an allowed check's headers to the response head (``encodeHeaders``: ``addCopy``,
+    ``setCopy``, add if absent, set if present)."""
+    for name, value, action in headers:
+        if action is HeaderAction.ADD:
+            out.append((name, value))
+            continue
+        present = get_header(out, name) is not None
+        if action is HeaderAction.ADD_IF_ABSENT:
+            if not present:
+                out.append((name, value))
+        elif present or action is HeaderAction.SET:
+            if present:
+                out[:] = [h for h in out if h[0] != name]
+            out.append((name, value))
 
 
 def _mutate(head: RequestHead, result: CheckResult) -> None:
