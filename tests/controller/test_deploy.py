@@ -44,3 +44,22 @@ def test_deployment_args_parse_as_the_controller_command() -> None:
     args = build_parser("controller").parse_args(container["args"])
     assert args.kubernetes == ""  # in-cluster service account
     assert args.image == container["image"]
+
+
+def test_leader_election_may_use_leases_in_its_own_namespace_only() -> None:
+    d = docs()
+    role, binding, deployment = d["Role"], d["RoleBinding"], d["Deployment"]
+    ns = deployment["metadata"]["namespace"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == ns
+    assert allowed(role["rules"], "coordination.k8s.io", "leases") == {"get", "create", "update"}
+    assert not allowed(d["ClusterRole"]["rules"], "coordination.k8s.io", "leases")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+    assert deployment["spec"]["replicas"] == 2
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser("controller").parse_args(container["args"])
+    assert args.leader_elect
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}  # identity, Lease namespace

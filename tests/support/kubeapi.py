@@ -16,7 +16,10 @@ and a required ``fieldManager``; Kubernetes docs, "Server-Side Apply") of an obj
 (maps merged, lists replaced; a patch to the object leaves ``status`` alone, a patch to ``/status``
 changes only ``status``), ``metadata.generation`` moves when ``spec`` changes, and an apply that
 changes nothing writes nothing (no new resourceVersion, no event), as the real server. Field
-ownership and conflicts are not modelled. Tests see every write in ``writes``, make the cluster's
+ownership and conflicts are not modelled. For leader election: ``GET`` of one namespaced object,
+``POST`` to a namespaced collection (409 AlreadyExists) and ``PUT`` of an object, conditional on the
+``metadata.resourceVersion`` it carries (409 Conflict when stale; API concepts, "Resource versions").
+Tests see every write in ``writes``, make the cluster's
 controllers act with ``assign_cluster_ip`` (the Service IP allocator) and ``collect_garbage`` (the
 garbage collector: objects whose every Gateway/other owner is gone are deleted).
 """
@@ -126,6 +129,7 @@ class Write:
     field_manager: str
     force: bool
     status: int  # the answer's HTTP status
+    user: str = ""  # who asked: "token", or "cert:<CN>" for a client certificate
 
 
 @dataclass
@@ -298,11 +302,22 @@ class FakeApiServer:
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         if not self._authenticated(headers, writer):
             return await _send_json(writer, 401, status(401, "Unauthorized", "Unauthorized"))
-        if method in ("PATCH", "DELETE"):
-            code, answer = self._write(method, url.path, query, headers.get("content-type", ""), body)
+        if method in ("PATCH", "DELETE", "POST", "PUT"):
+            if method in ("POST", "PUT"):
+                code, answer = self._create_or_replace(method, url.path, body)
+            else:
+                code, answer = self._write(method, url.path, query, headers.get("content-type", ""), body)
             self.writes.append(Write(method, url.path, headers.get("content-type", ""),
-                                     query.get("fieldManager", ""), query.get("force") == "true", code))
+                                     query.get("fieldManager", ""), query.get("force") == "true", code,
+                                     _user(headers, writer)))
             return await _send_json(writer, code, answer)
+        if method == "GET" and not query.get("watch") and _namespaced_object(url.path):
+            where = _object_target(url.path)
+            assert where is not None
+            found = self.objects.get(where[0], {}).get((where[1], where[2]))
+            if found is None:
+                return await _send_json(writer, 404, status(404, "NotFound", f"{where[2]!r} not found"))
+            return await _send_json(writer, 200, found)
         if method != "GET":
             return await _send_json(writer, 405, status(405, "MethodNotAllowed", f"{method} is not served here"))
         if url.path in self.missing or not url.path.startswith(("/api/", "/apis/")):
@@ -348,6 +363,36 @@ class FakeApiServer:
         if sub:
             return 404, status(404, "NotFound", f"no subresource {sub!r}")
         return (201 if stored is None else 200), self._apply(stored, patch, namespace, query["fieldManager"])
+
+    def _create_or_replace(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``POST`` to ``.../namespaces/NS/PLURAL`` or ``PUT`` to ``.../namespaces/NS/PLURAL/NAME``."""
+        try:
+            obj = json.loads(body)
+        except ValueError as e:
+            return 400, status(400, "BadRequest", f"invalid body: {e}")
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict) or not obj["metadata"].get("name"):
+            return 400, status(400, "BadRequest", "the body must be an object with metadata.name")
+        md = obj["metadata"]
+        if method == "POST":
+            target = _object_target(f"{path}/{md['name']}")
+        else:
+            target = _object_target(path) if _namespaced_object(path) else None
+        if target is None or target[3] or (method == "PUT" and md["name"] != target[2]):
+            return 404, status(404, "NotFound", "the server could not find the requested resource")
+        coll, namespace, name, _ = target
+        md["namespace"] = namespace
+        stored = self.objects.get(coll, {}).get((namespace, name))
+        if method == "POST":
+            if stored is not None:
+                return 409, status(409, "AlreadyExists", f"{coll.rsplit('/', 1)[-1]} {name!r} already exists")
+            md.pop("resourceVersion", None)
+            return 201, self.put(obj)
+        if stored is None:
+            return 404, status(404, "NotFound", f"{name!r} not found")
+        if md.get("resourceVersion") and md["resourceVersion"] != stored["metadata"]["resourceVersion"]:
+            return 409, status(409, "Conflict", f"Operation cannot be fulfilled on {name!r}: the object has "
+                                                "been modified; please apply your changes to the latest version")
+        return 200, self.put(obj)
 
     def _apply(
         self, stored: dict[str, Any] | None, patch: dict[str, Any], namespace: str, manager: str
@@ -453,6 +498,21 @@ def _object_target(path: str) -> tuple[str, str, str, str] | None:
     return "/" + "/".join([*base, rest[0]]), namespace, rest[1], rest[2] if len(rest) == 3 else ""
 
 
+def _namespaced_object(path: str) -> bool:
+    """``/api/v1/namespaces/NS/PLURAL/NAME`` or ``/apis/G/V/namespaces/NS/PLURAL/NAME``."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    return len(rest) == 4 and rest[0] == "namespaces"
+
+
+def _user(headers: Mapping[str, str], writer: asyncio.StreamWriter) -> str:
+    if headers.get("authorization", "").startswith("Bearer "):
+        return "token"
+    cert = writer.get_extra_info("peercert") or {}
+    cn = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    return f"cert:{cn[0]}" if cn else ""
+
+
 def _merged(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """Maps merged key by key, anything else (lists too) replaced: the apply simplification."""
     out = copy.deepcopy(dict(base))
@@ -482,7 +542,7 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 async def _send_json(writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> bool:
     data = json.dumps(body).encode()
     reason = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-              405: "Method Not Allowed", 410: "Gone", 415: "Unsupported Media Type",
+              405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 415: "Unsupported Media Type",
               422: "Unprocessable Entity"}.get(code, "X")
     writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                  % (code, reason.encode(), len(data), data))

@@ -10,6 +10,11 @@ server-side apply as field manager ``istio.io/gateway-controller`` with ``force`
 ``patcher``), then the Gateway's ``status`` subresource the same way. A deleted Gateway's objects
 are the garbage collector's (their ownerReferences); only its ClusterRoleBinding is deleted here.
 The decisions are :mod:`.reconcile`'s; this file only sequences them and does the I/O.
+
+With leader election (:mod:`.leader`), every replica watches and stays ready, but only the leader
+reconciles: on becoming leader it queues every Gateway it knows (a new leader resyncs, as istiod's
+controllers start afresh under ``LeaderElection.AddRunFunction``); on losing the Lease the work in
+flight is cancelled at once, mid-request if need be, and the queue waits for the next term.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import httpx
 
 from waypoint.controller.cache import GatewayCache, Name, Observed, OwnedCache
+from waypoint.controller.leader import AlwaysLeader, LeaderGate
 from waypoint.controller.reconcile import namespace_filter, plan_gateway, stale_bindings
 from waypoint.controller.render import GATEWAY_API_VERSION
 from waypoint.controller.settings import ControllerSettings
@@ -61,8 +67,10 @@ class WaypointController:
         namespaces: Collection[str] = (),
         now: Callable[[], str] = utc_now,
         backoff_s: tuple[float, float] = (0.5, 30.0),
+        leader: LeaderGate | None = None,
     ) -> None:
         self.client = client
+        self.leader: LeaderGate = leader if leader is not None else AlwaysLeader()
         self.settings = settings
         self.in_scope = namespace_filter(namespaces)
         self.now = now
@@ -94,15 +102,38 @@ class WaypointController:
         self._tasks = [loop.create_task(w.run(), name=f"controller-watch-{w.resource.plural}") for w in self.watchers]
         try:
             await asyncio.gather(*(w.synced.wait() for w in self.watchers))
-            log.info("caches synced: %d gateways; reconciling", len(self.gateways.items))
+            log.info("caches synced: %d gateways", len(self.gateways.items))
             while True:
-                await self._wake.wait()
-                self._wake.clear()
-                await self._drain()
+                await self.leader.acquired()
+                await self._lead(loop)
         finally:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _lead(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One term as leader: reconcile everything, then changes, until the Lease is lost."""
+        log.info("leading: reconciling %d gateways", len(self.gateways.items))
+        for key in self.gateways.items:
+            self._enqueue(key)
+        work = loop.create_task(self._work(), name="controller-reconcile")
+        lost = loop.create_task(self.leader.lost(), name="controller-leader-lost")
+        try:
+            await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, lost):
+                task.cancel()
+            await asyncio.gather(work, lost, return_exceptions=True)
+            self._busy = False
+        if work.done() and not work.cancelled():
+            work.result()  # a crash of the loop surfaces here
+        log.warning("not leading: reconciling stopped")
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._drain()
 
     def _enqueue(self, key: Name) -> None:
         if self.in_scope(key[0]):

@@ -7,7 +7,9 @@ any transport failure stays an ``httpx.TransportError``. A watch is one long GET
 changes"); a page of a list is at most ``limit`` items, followed with ``continue``
 (API concepts, "Retrieving large results sets in chunks"), as client-go's pager does. Writes are
 server-side apply (``PATCH`` with ``application/apply-patch+yaml``, a ``fieldManager``, ``force``;
-Kubernetes docs, "Server-Side Apply") and ``DELETE``, for ``waypoint controller``.
+Kubernetes docs, "Server-Side Apply") and ``DELETE``, for ``waypoint controller``; and for its
+leader election, ``GET`` of one object, ``POST`` (create) and ``PUT`` (replace, conditional on the
+``resourceVersion`` it carries).
 """
 
 from __future__ import annotations
@@ -124,6 +126,30 @@ class KubeClient:
             return False
         _json_or_error(response, ok=(200, 202))
         return True
+
+    async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object as stored, or None when there is none (404)."""
+        response = await self._http.get(object_path(resource, namespace, name), headers=self._auth())
+        if response.status_code == 404:
+            return None
+        return _json_or_error(response)
+
+    async def create(self, resource: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST`` to the collection: 409 AlreadyExists (``ApiError``) when another wrote it first."""
+        md = obj.get("metadata") or {}
+        path = object_path(resource, str(md.get("namespace") or ""), "").rstrip("/")
+        headers = {**self._auth(), "Content-Type": "application/json"}
+        response = await self._http.post(path, headers=headers, content=json.dumps(obj).encode())
+        return _json_or_error(response, ok=(200, 201))
+
+    async def replace(self, resource: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT`` the whole object; its ``metadata.resourceVersion`` makes it conditional, so a stale
+        one is answered 409 Conflict (API concepts, "Resource versions"; optimistic concurrency)."""
+        md = obj.get("metadata") or {}
+        path = object_path(resource, str(md.get("namespace") or ""), str(md["name"]))
+        headers = {**self._auth(), "Content-Type": "application/json"}
+        response = await self._http.put(path, headers=headers, content=json.dumps(obj).encode())
+        return _json_or_error(response)
 
     def _auth(self) -> dict[str, str]:
         token = self._tokens.token()
