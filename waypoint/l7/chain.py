@@ -151,6 +151,7 @@ class Stream:
             self._decode_from(0, (HEADERS, head, end_stream))
 
     def decode_data(self, chunk: bytes, end_stream: bool) -> None:
+        self.ctx.request_bytes += len(chunk)  # Envoy's BYTES_RECEIVED: what the client sent
         if self._local or self.done:
             return
         if self._req_stop is not None or self._req_queue:
@@ -241,6 +242,7 @@ class Stream:
     def encode_data(self, chunk: bytes, end_stream: bool) -> None:
         if self._local or self.done:
             return
+        self.ctx.response_bytes += len(chunk)  # Envoy's BYTES_SENT (a local reply sets its own below)
         if self._resp_stop is not None or self._resp_queue:
             self._encode((DATA, chunk, end_stream))
         else:
@@ -354,6 +356,7 @@ class Stream:
         self.sink.resume_request_body(HELD)
         head, body = render_local_reply(reply, is_grpc(self.ctx.request.headers))
         self.ctx.response = head
+        self.ctx.response_bytes = len(body)
         self._resp_top = index - 1
         self._encode_from(index - 1, (HEADERS, head, not body))
         if body:

@@ -136,7 +136,7 @@ class RequestContext:
         # Envoy's %RESPONSE_CODE_DETAILS% of a local reply (``LocalReply.details``, set by the chain);
         # "" for a response from upstream (the access log prints ``via_upstream`` then)
         self.response_code_details = ""
-        self.request_bytes = 0  # body bytes each way, counted only when a telemetry filter asks
+        self.request_bytes = 0  # body bytes each way, counted by the chain (Stream.decode_data / encode_data)
         self.response_bytes = 0
         self.started_at = started_at
         self._state: dict[str, Any] | None = None  # made on first use: most requests need none

@@ -140,9 +140,7 @@ class WaypointRole:
         self.router = Router(self._current, RoundRobinPicker(self._current.endpoints), self.upstreams)
         # the mesh config's ext-authz providers, reached as the router's upstreams are (HBONE to ambient pods)
         self.ext_authz_clients = ExtAuthzClients(self.connector)
-        counted = registry is not None or any(isinstance(t, IstioRequestMetrics) for t in telemetry)
-        self.policies = WaypointPolicies(settings, state, self.identity, self.ext_authz_clients, log_sinks,
-                                         counted=counted)
+        self.policies = WaypointPolicies(settings, state, self.identity, self.ext_authz_clients, log_sinks)
         p = self.policies  # its filters, named on the role too (the chain, the TCP path and tests use them)
         self.ext_authz, self.rbac, self.jwt_authn, self.jwt_keys = p.ext_authz, p.rbac, p.jwt_authn, p.jwt_keys
         self.access_log = p.access_log

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from waypoint.identity.spiffe import Identity
 from waypoint.l7.filter import DownstreamInfo
-from waypoint.l7.filters.access_log import AccessLog, CountingAccessLog, LogSinks
+from waypoint.l7.filters.access_log import AccessLog, LogSinks
 from waypoint.l7.filters.ext_authz import ExtAuthzFilter
 from waypoint.l7.filters.jwt_authn import JwtAuthnFilter
 from waypoint.l7.filters.rbac import AuthzDownstream, RbacFilter
@@ -46,18 +46,14 @@ class WaypointPolicies:
         identity: Identity,
         ext_authz_clients: ExtAuthzClients,
         log_sinks: LogSinks | None,
-        *,
-        counted: bool,
     ) -> None:
-        """``counted``: a stats filter in the chain counts body bytes, so the access log need not."""
         self.settings = settings
         self.ext_authz_clients = ext_authz_clients  # the mesh config's ext-authz providers
         self.ext_authz = ExtAuthzFilter(ext_authz_clients, str(identity))
         self.rbac = RbacFilter()
         self.jwt_keys = JwksKeys()  # RequestAuthentication keys: inline, or fetched from jwksUri off the hot path
         self.jwt_authn = JwtAuthnFilter()
-        # body bytes for the access log are counted by the stats filter when there is one
-        self.access_log = (AccessLog if counted else CountingAccessLog)(log_sinks or LogSinks(), state.cluster_domain)
+        self.access_log = AccessLog(log_sinks or LogSinks(), state.cluster_domain)
         self.apply(state)
 
     def _authorizer(self, state: MeshState) -> WaypointAuthorizer | None:

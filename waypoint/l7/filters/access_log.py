@@ -13,9 +13,8 @@ Values as Envoy's waypoint fills them:
   finished (the same rule as :mod:`waypoint.l7.filters.istio_stats`).
 - ``RESPONSE_CODE_DETAILS``: a local reply's details (the chain copies ``LocalReply.details`` to the
   context), ``via_upstream`` for an endpoint's response, ``-`` when nothing answered.
-- ``BYTES_RECEIVED``/``BYTES_SENT``: body bytes each way. They are counted by the stats filter when
-  it is in the chain, else by :class:`CountingAccessLog`; a local reply sent by an earlier filter
-  (RBAC, ext_authz) never reaches ours, so its body size is taken from its ``content-length``.
+- ``BYTES_RECEIVED``/``BYTES_SENT``: body bytes each way, as the chain counted them (a local reply's
+  body included).
 
 Writing never blocks the event loop: lines are queued and a writer thread per file
 (:class:`LogSink`) writes them in batches, woken at most every ``flush_delay_s`` (Envoy's own file
@@ -38,8 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from waypoint.l4.relay import Relay
-from waypoint.l7.filter import CONTINUE, DownstreamInfo, Filter, RequestContext, Result
-from waypoint.l7.message import RequestHead, get_header
+from waypoint.l7.filter import DownstreamInfo, Filter, RequestContext
+from waypoint.l7.message import RequestHead
 from waypoint.l7.response_flags import DOWNSTREAM_CONNECTION_TERMINATION, NONE
 from waypoint.l7.upstream import UpstreamTarget
 from waypoint.policy.telemetry import AccessLogSpec
@@ -200,9 +199,6 @@ class AccessLog(Filter):
             flags = DOWNSTREAM_CONNECTION_TERMINATION
         details = ctx.response_code_details or ("via_upstream" if response is not None else None)
         sent = ctx.response_bytes
-        if not sent and ctx.response_code_details and response is not None:
-            length = get_header(response.headers, b"content-length")  # a local reply from an earlier filter
-            sent = int(length) if length is not None and length.isdigit() else 0
         now = self.clock()
         elapsed = now - ctx.started_at
         return LineFacts(response.status if response is not None else 0, flags, details, sent,
@@ -247,14 +243,3 @@ class _Tunnel:
     def __init__(self, target: UpstreamTarget | None) -> None:
         self.target = target
 
-
-class CountingAccessLog(AccessLog):
-    """An access log that also counts body bytes (when no stats filter in the chain does)."""
-
-    def on_request_data(self, ctx: RequestContext, chunk: bytes, end_stream: bool) -> Result:
-        ctx.request_bytes += len(chunk)
-        return CONTINUE
-
-    def on_response_data(self, ctx: RequestContext, chunk: bytes, end_stream: bool) -> Result:
-        ctx.response_bytes += len(chunk)
-        return CONTINUE

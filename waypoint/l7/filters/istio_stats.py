@@ -68,15 +68,6 @@ class IstioRequestMetrics(Filter):
         self._cache: dict[tuple[Any, ...], RequestSeries] = {}
         self._pinned: list[object] = []  # objects whose ids are in cache keys
 
-    # Body sizes: only requests with a body pay these calls (the chain skips filters without hooks).
-    def on_request_data(self, ctx: RequestContext, chunk: bytes, end_stream: bool) -> Result:
-        ctx.request_bytes += len(chunk)
-        return CONTINUE
-
-    def on_response_data(self, ctx: RequestContext, chunk: bytes, end_stream: bool) -> Result:
-        ctx.response_bytes += len(chunk)
-        return CONTINUE
-
     def on_response_trailers(self, ctx: RequestContext, trailers: HeaderList) -> Result:
         status = get_header(trailers, b"grpc-status")
         if status is not None:
