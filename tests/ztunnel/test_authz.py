@@ -72,6 +72,17 @@ class Mesh:
         assert snapshot is not None, "the folder did not change"
         await self.b.apply(snapshot)
 
+    async def start(self, provider: DevCertificateProvider, roles: list[ZtunnelRole], **b_settings: object) -> Mesh:
+        """Node A (the client side) and node B (the pods under test, with ``b_settings``) on the
+        folder as it is now; both are added to ``roles`` for the fixture to stop."""
+        snapshot = self.source.reload()
+        self.a = ZtunnelRole(settings("node-a", "127.0.8.1"), snapshot, provider)
+        self.b = ZtunnelRole(settings("node-b", "127.0.9.1", **b_settings), snapshot, provider)
+        for role in (self.a, self.b):
+            await role.start()
+            roles.append(role)
+        return self
+
 
 @pytest.fixture
 async def mesh(mesh_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Mesh]]]:
@@ -86,13 +97,7 @@ async def mesh(mesh_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Mesh]]]:
         m = Mesh(mesh_dir)
         if policies:
             m.write("authz.yaml", *policies)
-        snapshot = m.source.reload()
-        m.a = ZtunnelRole(settings("node-a", "127.0.8.1"), snapshot, provider)
-        m.b = ZtunnelRole(settings("node-b", "127.0.9.1", **b_settings), snapshot, provider)
-        for role in (m.a, m.b):
-            await role.start()
-            roles.append(role)
-        return m
+        return await m.start(provider, roles, **b_settings)
 
     yield make
     for role in roles:

@@ -30,7 +30,6 @@ from waypoint.identity.certs import DevCertificateProvider
 from waypoint.roles.ztunnel import ZtunnelRole
 from waypoint.testing.certs import dev_ca
 
-from .conftest import settings
 from .mesh import CLIENT_IP, pod, socks5_connect
 from .test_authz import Mesh, closed, closed_with, policy
 from .test_e2e import scrape
@@ -74,14 +73,7 @@ async def mesh(mesh_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Mesh]]]:
     async def make(*docs: str) -> Mesh:
         m = Mesh(mesh_dir)
         m.write("peer.yaml", LOOP_GUARD, *docs)
-        snapshot = m.source.reload()
-        m.a = ZtunnelRole(settings("node-a", "127.0.8.1"), snapshot, provider)
-        m.b = ZtunnelRole(settings("node-b", "127.0.9.1", inbound_plaintext=(POD_IP, 0), bind_client_ip=False),
-                          snapshot, provider)
-        for role in (m.a, m.b):
-            await role.start()
-            roles.append(role)
-        return m
+        return await m.start(provider, roles, inbound_plaintext=(POD_IP, 0), bind_client_ip=False)
 
     yield make
     for role in roles:
